@@ -1,0 +1,114 @@
+//! The [`Control`] trait: a (possibly learned) drift correction u(t, x).
+//!
+//! Conventions (spec §1.1): time is *generative* time t ∈ [0, T], running from the prior at
+//! t = 0 to the target at t = T; the inference control v of time-reversal methods is also
+//! evaluated at generative time. Controls see the raw time t (not divided by T).
+
+use tch::{Kind, Tensor};
+
+/// A control u(t, x) on batches `x: [n, d] -> [n, d]`.
+pub trait Control {
+    /// u(t, x) at one time `t` for a batch `x: [n, d]`. `score` is ∇ log ρ(x) (`[n, d]`,
+    /// detached) when [`Control::needs_target_score`] says so, otherwise `None`.
+    fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor;
+
+    /// u at many times at once: rows `k·n .. (k+1)·n` of `x` (and of `score`) are evaluated at
+    /// `ts[k]`, where `n = x.size()[0] / ts.len()`. Used by the batched LV replay.
+    /// The default loops over [`Control::eval`]; networks override it with one large call.
+    fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
+        let n = x.size()[0] / ts.len() as i64;
+        let parts: Vec<Tensor> = ts
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| {
+                let xs = x.narrow(0, k as i64 * n, n);
+                let ss = score.map(|s| s.narrow(0, k as i64 * n, n));
+                self.eval(t, &xs, ss.as_ref())
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Whether [`Control::eval`] needs ∇ log ρ(x) (Langevin-preconditioned controls).
+    fn needs_target_score(&self) -> bool {
+        false
+    }
+
+    /// Trainable parameters (empty for analytic controls).
+    fn parameters(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+
+    /// Multiplies the elementwise clip values by `factor` relative to their base values
+    /// (the ×5 schedule of spec §6.5). No-op for unclipped controls.
+    fn set_clip_factor(&self, _factor: f64) {}
+}
+
+/// The zero control u ≡ 0.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ZeroControl;
+
+impl Control for ZeroControl {
+    fn eval(&self, _t: f64, x: &Tensor, _score: Option<&Tensor>) -> Tensor {
+        x.zeros_like()
+    }
+}
+
+/// A control given by a closure `f(t, x)`; handy for analytic controls in tests.
+pub struct FnControl<F>(pub F);
+
+impl<F> Control for FnControl<F>
+where
+    F: Fn(f64, &Tensor) -> Tensor,
+{
+    fn eval(&self, t: f64, x: &Tensor, _score: Option<&Tensor>) -> Tensor {
+        (self.0)(t, x)
+    }
+}
+
+impl<C: Control + ?Sized> Control for &C {
+    fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
+        (**self).eval(t, x, score)
+    }
+    fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
+        (**self).eval_many(ts, x, score)
+    }
+    fn needs_target_score(&self) -> bool {
+        (**self).needs_target_score()
+    }
+    fn parameters(&self) -> Vec<Tensor> {
+        (**self).parameters()
+    }
+    fn set_clip_factor(&self, factor: f64) {
+        (**self).set_clip_factor(factor)
+    }
+}
+
+/// Exact divergence ∇·f(x) = Σ_i ∂f_i/∂x_i of a vector field by d vector–Jacobian products,
+/// keeping the graph (`create_graph`) so the result can be differentiated w.r.t. parameters.
+/// `x` must require grad and `f = field(x)`. Returns `[n]`.
+pub fn divergence_exact(f: &Tensor, x: &Tensor) -> Tensor {
+    let d = x.size()[1];
+    let mut div = Tensor::zeros([x.size()[0]], (x.kind(), x.device()));
+    for i in 0..d {
+        let fi = f.select(1, i).sum(Kind::Float);
+        let g = Tensor::run_backward(&[fi], &[x], true, true)
+            .into_iter()
+            .next()
+            .expect("one gradient");
+        div += g.select(1, i);
+    }
+    div
+}
+
+/// One-probe Hutchinson estimate ε^T (∂f/∂x) ε with a Rademacher ε (later sde_sampler code),
+/// unbiased for ∇·f. Keeps the graph. Returns `[n]`.
+pub fn divergence_hutchinson(f: &Tensor, x: &Tensor) -> Tensor {
+    let eps = x.rand_like().ge(0.5).to_kind(x.kind()) * 2.0 - 1.0;
+    let s = (f * &eps).sum(Kind::Float);
+    let g = Tensor::run_backward(&[s], &[x], true, true)
+        .into_iter()
+        .next()
+        .expect("one gradient");
+    (g * eps).sum_dim_intlist([1i64].as_slice(), false, x.kind())
+}

@@ -1,0 +1,421 @@
+//! Euler–Maruyama simulation of the generative SDE with accumulation of the log-RND
+//! R = log dP_{X^u}/dP_{Y^v}(X^w) − log Z (spec §3), step by step or as a batched replay.
+//!
+//! Conventions:
+//! - Left-point (Itô) evaluation at (t_k, X_k); one ΔW_k = √Δ_k ξ_k per step drives both the
+//!   state and the Itô term.
+//! - The trajectory is driven by w: w = u (KL, evaluation; gradient through X), or
+//!   w = stopgrad(u) (LV; X carries no graph and the loss sees the live u at X_k).
+//! - **Off-policy behaviour** (LV only): the state may be driven by a wider noise,
+//!   X_{k+1} = X_k + (μ_k + σ_k w_k)Δ_k + λσ_k ΔW_k with λ ≥ 1. The discrete-time log-RND of
+//!   the generative vs the reference transition kernels (both with variance σ_k²Δ_k) on such a
+//!   path is the usual LV expression with ΔW_k replaced by the *implied* generative increment
+//!   ΔŴ_k = (X_{k+1} − X_k − (μ_k + σ_k w_k)Δ_k)/σ_k = λΔW_k:
+//!   Σ_k (u_k − r_k)·(w_k − ½(u_k + r_k))Δ_k + (u_k − r_k)·ΔŴ_k (form 3.3), and likewise with
+//!   u + v and w − ½(u − v) for form 3.2 and with β_k²σ² and σβ_k λξ_k for form 3.4. LV is a
+//!   valid divergence for any such path measure (spec §2, "off-policy view"); KL is not.
+
+use crate::control::{divergence_exact, divergence_hutchinson, Control};
+use crate::method::{Method, RndForm};
+use crate::prior::gauss_log_prob;
+use crate::target::Target;
+use tch::{Kind, Tensor};
+
+/// Which terms enter R, and how the trajectory is driven (spec §3.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Reverse KL training: w = u, gradient through X; no prior, ∇·μ or Itô terms.
+    Kl,
+    /// As `Kl` with the Itô term kept.
+    KlIto,
+    /// LV training: w = stopgrad(u); prior and Itô terms kept; no ∇·μ term.
+    Lv,
+    /// Evaluation pass 1: every term, including Itô (IS, ESS, LV diagnostic).
+    EvalIto,
+    /// Evaluation pass 2: every term except Itô (ELBO).
+    EvalNoIto,
+}
+
+impl Mode {
+    fn ito(self) -> bool {
+        matches!(self, Mode::KlIto | Mode::Lv | Mode::EvalIto)
+    }
+    fn lv_cost(self) -> bool {
+        self == Mode::Lv
+    }
+    fn grad_through_x(self) -> bool {
+        matches!(self, Mode::Kl | Mode::KlIto)
+    }
+    fn prior_term(self) -> bool {
+        matches!(self, Mode::Lv | Mode::EvalIto | Mode::EvalNoIto)
+    }
+    fn eval(self) -> bool {
+        matches!(self, Mode::EvalIto | Mode::EvalNoIto)
+    }
+}
+
+/// How the divergence ∇·v of the inference control is computed in training (bridge only);
+/// evaluation is always exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DivMode {
+    /// d vector–Jacobian products with the graph kept.
+    #[default]
+    Exact,
+    /// One Rademacher probe per step (later sde_sampler code).
+    Hutchinson,
+}
+
+/// The controls of a method: the generative u and, for the bridge, the inference v.
+#[derive(Clone, Copy)]
+pub struct Controls<'a> {
+    pub u: &'a dyn Control,
+    pub v: Option<&'a dyn Control>,
+    pub div: DivMode,
+}
+
+impl<'a> Controls<'a> {
+    pub fn new(u: &'a dyn Control) -> Self {
+        Self {
+            u,
+            v: None,
+            div: DivMode::Exact,
+        }
+    }
+    pub fn with_v(u: &'a dyn Control, v: &'a dyn Control) -> Self {
+        Self {
+            u,
+            v: Some(v),
+            div: DivMode::Exact,
+        }
+    }
+}
+
+/// Options of one simulation.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    pub mode: Mode,
+    /// λ ≥ 1 of the off-policy behaviour process (1 = on-policy). Only valid with `Mode::Lv`.
+    pub noise_scale: f64,
+    /// Keep states, noises and scores for the batched LV replay.
+    pub record: bool,
+}
+
+impl SimOptions {
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            noise_scale: 1.0,
+            record: false,
+        }
+    }
+}
+
+/// What a replay needs: everything but the live controls.
+pub struct Recording {
+    /// Times t_0 … t_{N−1}.
+    pub ts: Vec<f64>,
+    /// X_0 … X_{N−1} stacked time-major, `[N·n, d]`, detached.
+    pub xs: Tensor,
+    /// ∇ log ρ(X_k), same layout, when the control needs it.
+    pub scores: Option<Tensor>,
+    /// The driving control values w_k, same layout (detached).
+    pub ws: Tensor,
+    /// The implied generative noise increments ΔŴ_k (or λξ_k for form 3.4), same layout.
+    pub dws: Tensor,
+    /// The parameter-free part of R per trajectory `[n]` (prior, terminal terms).
+    pub constant: Tensor,
+    /// Batch size n.
+    pub n: i64,
+}
+
+/// The output of one simulation.
+pub struct SimOutput {
+    /// R per trajectory, `[n]`.
+    pub rnd: Tensor,
+    /// X_N, `[n, d]`.
+    pub x_final: Tensor,
+    /// The recording for the replay, when asked for.
+    pub recording: Option<Recording>,
+}
+
+fn rowdot(a: &Tensor, b: &Tensor) -> Tensor {
+    (a * b).sum_dim_intlist([1i64].as_slice(), false, a.kind())
+}
+
+/// Simulates the generative SDE from `x0` on the method's grid (or the grid `grid` given),
+/// accumulating R (spec §3.2–3.4). Target scores are computed only if a control needs them.
+pub fn simulate(
+    method: &Method,
+    target: &dyn Target,
+    controls: Controls<'_>,
+    x0: &Tensor,
+    opts: SimOptions,
+) -> SimOutput {
+    simulate_on(method, &method.grid, target, controls, x0, opts)
+}
+
+/// [`simulate`] on an explicit (sub-)grid; times stay absolute.
+pub fn simulate_on(
+    method: &Method,
+    grid: &crate::grid::TimeGrid,
+    target: &dyn Target,
+    controls: Controls<'_>,
+    x0: &Tensor,
+    opts: SimOptions,
+) -> SimOutput {
+    let mode = opts.mode;
+    assert!(
+        opts.noise_scale == 1.0 || mode == Mode::Lv,
+        "an off-policy behaviour process is only valid for the LV loss"
+    );
+    let lam = opts.noise_scale;
+    let n = x0.size()[0];
+    let d = x0.size()[1];
+    let dim = d as usize;
+    let opts_t = (x0.kind(), x0.device());
+    let needs_score = controls.u.needs_target_score()
+        || controls.v.is_some_and(|v| v.needs_target_score());
+    let mut x = x0.detach();
+    let mut r = Tensor::zeros([n], opts_t);
+    if method.form == RndForm::TimeReversal && mode.prior_term() {
+        r += method.prior.log_prob(&x);
+    }
+    let steps = grid.steps();
+    let mut rec_x = Vec::new();
+    let mut rec_s = Vec::new();
+    let mut rec_w = Vec::new();
+    let mut rec_dw = Vec::new();
+    for k in 0..steps {
+        let t = grid.points()[k];
+        let dt = grid.dt(k);
+        let sigma = method.sde.sigma(t);
+        let a = method.sde.drift_coef(t);
+        let xk = if mode.grad_through_x() { x.shallow_clone() } else { x.detach() };
+        let score = needs_score.then(|| target.score(&xk));
+        // Inference control with its x-graph for the divergence (bridge).
+        let (xin, v, div) = match controls.v {
+            Some(vc) => {
+                let (xin, v, div) = tch::with_grad(|| {
+                    let xin = if xk.requires_grad() {
+                        xk.shallow_clone()
+                    } else {
+                        xk.detach().set_requires_grad(true)
+                    };
+                    let v = vc.eval(t, &xin, score.as_ref());
+                    let div = if mode.eval() || controls.div == DivMode::Exact {
+                        divergence_exact(&v, &xin)
+                    } else {
+                        divergence_hutchinson(&v, &xin)
+                    };
+                    (xin, v, div)
+                });
+                if mode.eval() {
+                    (xin.detach(), Some(v.detach()), Some(div.detach()))
+                } else {
+                    (xin, Some(v), Some(div))
+                }
+            }
+            None => (xk.shallow_clone(), None, None),
+        };
+        let u = controls.u.eval(t, &xin, score.as_ref());
+        let w = if mode.grad_through_x() { u.shallow_clone() } else { u.detach() };
+        let xi = Tensor::randn([n, d], opts_t);
+        match method.form {
+            RndForm::Reference { .. } => {
+                let rs = method.ref_scale(t);
+                let ref_u = &xk * rs;
+                let diff = &u - &ref_u;
+                let cost = if mode.lv_cost() {
+                    rowdot(&diff, &(&w - (&u + &ref_u) * 0.5))
+                } else {
+                    rowdot(&diff, &diff) * 0.5
+                };
+                r += cost * dt;
+                let dw = &xi * dt.sqrt();
+                if mode.ito() {
+                    r += rowdot(&diff, &dw) * lam;
+                }
+                x = &xk + (&xk * a + &w * sigma) * dt + dw.shallow_clone() * (sigma * lam);
+                if opts.record {
+                    rec_dw.push(dw * lam);
+                }
+            }
+            RndForm::TimeReversal => {
+                let v0 = v.as_ref();
+                let s = match v0 {
+                    Some(v) => &u + v,
+                    None => u.shallow_clone(),
+                };
+                let cost = if mode.lv_cost() {
+                    let half = match v0 {
+                        Some(v) => (&u - v) * 0.5,
+                        None => &u * 0.5,
+                    };
+                    rowdot(&s, &(&w - half))
+                } else {
+                    rowdot(&s, &s) * 0.5
+                };
+                r += cost * dt;
+                if let Some(div) = div.as_ref() {
+                    r += div * (sigma * dt);
+                }
+                if mode.eval() {
+                    r -= method.sde.div_drift_integral(t, t + dt, dim);
+                }
+                let dw = &xi * dt.sqrt();
+                if mode.ito() {
+                    r += rowdot(&s, &dw) * lam;
+                }
+                x = &xk + (&xk * a + &w * sigma) * dt + dw.shallow_clone() * (sigma * lam);
+                if opts.record {
+                    rec_dw.push(dw * lam);
+                }
+            }
+            RndForm::ExpIntegrator { alpha, sigma: s } => {
+                let beta = (alpha * dt.sqrt()).clamp(0.0, 1.0);
+                let decay = (1.0 - beta * beta).sqrt();
+                let cost = if mode.lv_cost() {
+                    rowdot(&u, &(&w - &u * 0.5))
+                } else {
+                    rowdot(&u, &u) * 0.5
+                };
+                r += cost * (beta * beta * s * s);
+                if mode.ito() {
+                    r += rowdot(&u, &xi) * (s * beta * lam);
+                }
+                x = &xk * decay + &w * (beta * beta * s * s) + &xi * (s * beta * lam);
+                if opts.record {
+                    rec_dw.push(xi * lam);
+                }
+            }
+        }
+        if opts.record {
+            rec_x.push(xk.detach());
+            if let Some(sc) = score {
+                rec_s.push(sc.detach());
+            }
+            rec_w.push(w.detach());
+        }
+    }
+    let terminal = terminal_term(method, target, &x);
+    r += &terminal;
+    let recording = opts.record.then(|| {
+        let mut constant = terminal.detach();
+        if method.form == RndForm::TimeReversal && mode.prior_term() {
+            constant += method.prior.log_prob(x0);
+        }
+        Recording {
+            ts: grid.points()[..steps].to_vec(),
+            xs: Tensor::cat(&rec_x, 0),
+            scores: (!rec_s.is_empty()).then(|| Tensor::cat(&rec_s, 0)),
+            ws: Tensor::cat(&rec_w, 0),
+            dws: Tensor::cat(&rec_dw, 0),
+            constant,
+            n,
+        }
+    });
+    SimOutput {
+        rnd: r,
+        x_final: x,
+        recording,
+    }
+}
+
+/// The terminal part of R: log p_ref(X_N) − log ρ(X_N) (forms 3.3, 3.4) or −log ρ(X_N)
+/// (form 3.2).
+fn terminal_term(method: &Method, target: &dyn Target, x: &Tensor) -> Tensor {
+    let log_rho = target.log_density(x);
+    match method.form {
+        RndForm::TimeReversal => -log_rho,
+        RndForm::Reference { .. } => gauss_log_prob(x, 1.0) - log_rho,
+        RndForm::ExpIntegrator { sigma, .. } => gauss_log_prob(x, sigma) - log_rho,
+    }
+}
+
+/// Recomputes the LV log-RND of a [`Recording`] with the live controls in one batched call
+/// per control over all (t_k, X_k). Equal to the step-by-step LV R (same noises) and to its
+/// gradient; the trajectory itself carries no graph.
+pub fn replay_lv(
+    method: &Method,
+    grid: &crate::grid::TimeGrid,
+    controls: Controls<'_>,
+    rec: &Recording,
+) -> Tensor {
+    let n = rec.n;
+    let steps = rec.ts.len() as i64;
+    let d = rec.xs.size()[1];
+    let opts_t = (rec.xs.kind(), rec.xs.device());
+    // Per-row coefficient columns, built on the host once per call.
+    let col = |f: &dyn Fn(usize) -> f64| -> Tensor {
+        let vals: Vec<f32> = (0..steps as usize).map(|k| f(k) as f32).collect();
+        Tensor::from_slice(&vals)
+            .to_device(rec.xs.device())
+            .to_kind(rec.xs.kind())
+            .repeat_interleave_self_int(n, Some(0), None)
+            .unsqueeze(1)
+    };
+    let sum_per_traj =
+        |per_row: Tensor| -> Tensor { per_row.reshape([steps, n]).sum_dim_intlist([0i64].as_slice(), false, per_row.kind()) };
+    let _ = d;
+    let scores = rec.scores.as_ref();
+    match method.form {
+        RndForm::Reference { .. } => {
+            let u = controls.u.eval_many(&rec.ts, &rec.xs, scores);
+            let rs = col(&|k| method.ref_scale(rec.ts[k]));
+            let dt = col(&|k| grid.dt(k));
+            let ref_u = &rec.xs * rs;
+            let diff = &u - &ref_u;
+            let cost = (&diff * (&rec.ws - (&u + &ref_u) * 0.5)) * dt + &diff * &rec.dws;
+            let per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
+            sum_per_traj(per_row) + &rec.constant
+        }
+        RndForm::TimeReversal => {
+            let dt = col(&|k| grid.dt(k));
+            let (xin, v, div) = match controls.v {
+                Some(vc) => {
+                    let xin = rec.xs.detach().set_requires_grad(true);
+                    let v = vc.eval_many(&rec.ts, &xin, scores);
+                    let div = match controls.div {
+                        DivMode::Exact => divergence_exact(&v, &xin),
+                        DivMode::Hutchinson => divergence_hutchinson(&v, &xin),
+                    };
+                    (xin, Some(v), Some(div))
+                }
+                None => (rec.xs.shallow_clone(), None, None),
+            };
+            let u = controls.u.eval_many(&rec.ts, &xin, scores);
+            let (s, half) = match v.as_ref() {
+                Some(v) => (&u + v, (&u - v) * 0.5),
+                None => (u.shallow_clone(), &u * 0.5),
+            };
+            let cost = (&s * (&rec.ws - half)) * &dt + &s * &rec.dws;
+            let mut per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
+            if let Some(div) = div {
+                let sig = col(&|k| method.sde.sigma(rec.ts[k]));
+                per_row += div * (sig * dt).squeeze_dim(1);
+            }
+            sum_per_traj(per_row) + &rec.constant
+        }
+        RndForm::ExpIntegrator { alpha, sigma: s } => {
+            let u = controls.u.eval_many(&rec.ts, &rec.xs, scores);
+            let b2 = col(&|k| {
+                let b = (alpha * grid.dt(k).sqrt()).clamp(0.0, 1.0);
+                b * b * s * s
+            });
+            let sb = col(&|k| s * (alpha * grid.dt(k).sqrt()).clamp(0.0, 1.0));
+            let cost = (&u * (&rec.ws - &u * 0.5)) * b2 + (&u * &rec.dws) * sb;
+            let per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
+            let _ = opts_t;
+            sum_per_traj(per_row) + &rec.constant
+        }
+    }
+}
+
+/// Finite-and-below-`max_rnd` mask of R (spec §3.6), as a float tensor (1 = kept).
+pub fn kept_mask(rnd: &Tensor, max_rnd: Option<f64>) -> Tensor {
+    let mut m = rnd.isfinite();
+    if let Some(mx) = max_rnd {
+        m = m.logical_and(&rnd.lt(mx));
+    }
+    m.to_kind(Kind::Float)
+}

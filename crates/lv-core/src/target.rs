@@ -1,0 +1,109 @@
+//! The [`Target`] trait: an unnormalised density ρ on R^d, known only through log ρ.
+//!
+//! Conventions:
+//! - Batches are `[n, d]` tensors; `log_density` returns `[n]` in the kind of the input.
+//! - `log_density` is *unnormalised*: log p_target = log ρ − log Z.
+//! - Capabilities (exact sampling, shipped reference samples) are separate traits reached
+//!   through [`Target::sampler`] and [`Target::reference_samples`], so a target without a
+//!   sampler says so by returning `None`, never by panicking.
+
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+/// An unnormalised target density ρ on R^d.
+pub trait Target: Send + Sync {
+    /// Registry name (used by configs, tables and `lv targets`).
+    fn name(&self) -> &str;
+
+    /// Dimension d.
+    fn dim(&self) -> usize;
+
+    /// log ρ(x) for a batch `x: [n, d]`, returning `[n]`.
+    ///
+    /// Precondition: `x` has shape `[n, self.dim()]`; use [`check_batch`] on untrusted input.
+    fn log_density(&self, x: &Tensor) -> Tensor;
+
+    /// ∇ log ρ(x), shape `[n, d]`. Default: autograd of [`Target::log_density`], detached from
+    /// the graph of `x` (the "generic autograd score" of spec §6.6).
+    fn score(&self, x: &Tensor) -> Tensor {
+        autograd_score(|y| self.log_density(y), x)
+    }
+
+    /// Whether [`Target::score`] stays in the autograd graph of `x` (analytic scores, spec §6.6).
+    /// Only relevant for KL training, where gradients flow through the trajectory.
+    fn score_in_graph(&self) -> bool {
+        false
+    }
+
+    /// log Z = log ∫ ρ, exactly or by quadrature, where known.
+    fn log_z(&self) -> Option<f64>;
+
+    /// A box `(lo, hi)` per coordinate used for plots and the sub-trajectory domain.
+    fn domain(&self) -> Vec<(f64, f64)>;
+
+    /// The exact sampler, when the target has one.
+    fn sampler(&self) -> Option<&dyn ExactSampler> {
+        None
+    }
+
+    /// Shipped reference samples (e.g. MCMC sets from the benchmark papers), `[n, d]` float64
+    /// on the CPU, when the target has them.
+    fn reference_samples(&self) -> Option<Result<Tensor>> {
+        None
+    }
+}
+
+/// Exact sampling from p_target = ρ/Z, using torch's global generator (seed it with
+/// `tch::manual_seed` for reproducibility).
+pub trait ExactSampler {
+    /// `n` independent samples `[n, d]` (float32) on `device`.
+    fn sample(&self, n: usize, device: Device) -> Tensor;
+}
+
+/// Checks that `x` is a `[n, d]` batch for `target`, with a clear error otherwise.
+pub fn check_batch(target: &dyn Target, x: &Tensor) -> Result<()> {
+    let size = x.size();
+    if size.len() != 2 {
+        bail!(
+            "target `{}` expects a batch of shape [n, {}], got a tensor of shape {:?}",
+            target.name(),
+            target.dim(),
+            size
+        );
+    }
+    if size[1] as usize != target.dim() {
+        bail!(
+            "target `{}` has dimension {}, but the batch has dimension {} (shape {:?})",
+            target.name(),
+            target.dim(),
+            size[1],
+            size
+        );
+    }
+    Ok(())
+}
+
+/// log ρ with the shape checked first (for user-facing entry points).
+pub fn checked_log_density(target: &dyn Target, x: &Tensor) -> Result<Tensor> {
+    check_batch(target, x)?;
+    Ok(target.log_density(x))
+}
+
+/// ∇ₓ f(x) by autograd for a batch function `f: [n, d] -> [n]`; detached from the graph of `x`.
+///
+/// Works inside `tch::no_grad` blocks (gradients are re-enabled locally).
+pub fn autograd_score(f: impl Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
+    tch::with_grad(|| {
+        let xg = x.detach().set_requires_grad(true);
+        let y = f(&xg).sum(Kind::Float);
+        let g = Tensor::run_backward(&[y], &[&xg], false, false);
+        g.into_iter().next().expect("one gradient").detach()
+    })
+}
+
+/// Gradient of `f` that stays in the graph (`create_graph = true`), for double backward
+/// (potential controls, exact divergences). `x` must require grad.
+pub fn autograd_grad_in_graph(y: &Tensor, x: &Tensor) -> Tensor {
+    let g = Tensor::run_backward(&[y.sum(Kind::Float)], &[x], true, true);
+    g.into_iter().next().expect("one gradient")
+}

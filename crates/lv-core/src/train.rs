@@ -1,0 +1,354 @@
+//! The training loop, independent of the network type (spec §3.6, §6.5, §7).
+//!
+//! One step: sample X_0 from the prior (B initial points × K for `lv_traj`), simulate
+//! (step by step, or for the LV family without gradients followed by one batched replay),
+//! compute the loss, backpropagate, then
+//! 1. **skip** the step (no optimizer, scheduler, EMA or clip-schedule update; the step
+//!    counter still increments) when the scaled loss or any gradient is non-finite, or
+//!    |loss| > `max_loss`, or ‖g‖_∞ > `max_grad`;
+//! 2. otherwise clip the global gradient norm, update Adam, the StepLR schedule and the
+//!    clip schedule (×factor after the given numbers of *successful* steps), and call the
+//!    `after_update` hook (EMA).
+//!
+//! The skip decision needs one device→host read per step (a single boolean); gradient
+//! clipping itself never synchronises.
+
+use crate::estimate::Evaluation;
+use crate::loss::{batch_loss, LossKind};
+use crate::method::Method;
+use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup, StepLr};
+use crate::sim::{replay_lv, simulate, Controls, DivMode, SimOptions};
+use crate::target::Target;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Settings of the training loop (validated by the config layer).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub steps: usize,
+    /// Trajectories per step (for `lv_traj`: B·K).
+    pub batch: usize,
+    pub lr: f64,
+    /// Learning rate of the learned log Z of the moment loss.
+    pub lr_log_z: f64,
+    /// Coupled L2 weight decay.
+    pub weight_decay: f64,
+    /// StepLR (every, γ); `None` keeps the lr constant.
+    pub lr_schedule: Option<(usize, f64)>,
+    /// Global-norm gradient clipping.
+    pub grad_clip: Option<f64>,
+    pub max_rnd: Option<f64>,
+    /// Skip threshold on |loss| with its own milestones: (base, [(successful step, factor)]).
+    pub max_loss: Option<f64>,
+    pub max_grad: Option<f64>,
+    /// Clip schedule: after these numbers of successful steps multiply clips by `clip_factor`.
+    pub clip_milestones: Vec<usize>,
+    pub clip_factor: f64,
+    /// Multiply `max_loss` by this at each clip milestone (paper: 1e-4).
+    pub max_loss_factor: f64,
+    /// Use the batched replay for the LV family.
+    pub replay: bool,
+    /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
+    /// linearly to 1 over the first `explore_steps` steps.
+    pub explore_scale: f64,
+    pub explore_steps: usize,
+    pub div: DivModeSetting,
+}
+
+/// Serializable [`DivMode`].
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DivModeSetting {
+    #[default]
+    Exact,
+    Hutchinson,
+}
+
+impl Default for TrainSettings {
+    /// The paper's settings (spec §7) except steps and batch, which callers set.
+    fn default() -> Self {
+        Self {
+            steps: 60_000,
+            batch: 2048,
+            lr: 5e-3,
+            lr_log_z: 0.1,
+            weight_decay: 1e-7,
+            lr_schedule: Some((100, 0.02f64.powf(100.0 / 60_000.0))),
+            grad_clip: Some(1.0),
+            max_rnd: Some(1e8),
+            max_loss: None,
+            max_grad: None,
+            clip_milestones: vec![200, 400],
+            clip_factor: 5.0,
+            max_loss_factor: 1e-4,
+            replay: true,
+            explore_scale: 1.0,
+            explore_steps: 0,
+            div: DivModeSetting::Exact,
+        }
+    }
+}
+
+/// Statistics of one step (host values; reading them syncs, so the trainer only fills the
+/// loss when asked to).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepStats {
+    pub step: usize,
+    pub loss: f64,
+    pub skipped: bool,
+    pub kept: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// Counters kept across the run (and in checkpoints).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    /// Steps attempted.
+    pub step: usize,
+    /// Successful (non-skipped) steps.
+    pub successful: usize,
+    pub skipped: usize,
+    /// Trajectories filtered out (non-finite R or R ≥ max_rnd), cumulative.
+    pub filtered: u64,
+    /// Target evaluations (log ρ or its score), cumulative, counted per sample.
+    pub target_evals: u64,
+}
+
+/// Hooks called by the trainer.
+pub trait Hooks {
+    /// After each successful optimizer update (EMA lives here).
+    fn after_update(&mut self, _counters: &Counters) {}
+}
+
+impl Hooks for () {}
+
+/// The trainer: method, target, controls, optimizer and counters.
+pub struct Trainer<'a> {
+    pub method: &'a Method,
+    pub target: &'a dyn Target,
+    pub controls: Controls<'a>,
+    pub loss: LossKind,
+    pub settings: TrainSettings,
+    pub adam: Adam,
+    pub log_z: Option<Tensor>,
+    pub counters: Counters,
+    pub device: Device,
+    params: Vec<Tensor>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Builds the trainer; `u_params`/`v_params` are the trainable tensors of the controls
+    /// (`v_lr` optionally gives v its own learning rate, as the later bridge code does).
+    pub fn new(
+        method: &'a Method,
+        target: &'a dyn Target,
+        controls: Controls<'a>,
+        loss: LossKind,
+        settings: TrainSettings,
+        device: Device,
+        v_lr: Option<f64>,
+    ) -> Self {
+        let mut groups = vec![ParamGroup {
+            params: controls.u.parameters(),
+            lr: settings.lr,
+        }];
+        if let Some(v) = controls.v {
+            let p = v.parameters();
+            match v_lr {
+                Some(lr) => groups.push(ParamGroup { params: p, lr }),
+                None => groups[0].params.extend(p),
+            }
+        }
+        let log_z = (loss == LossKind::Moment).then(|| {
+            Tensor::zeros([], (Kind::Float, device)).set_requires_grad(true)
+        });
+        if let Some(c) = &log_z {
+            groups.push(ParamGroup {
+                params: vec![c.shallow_clone()],
+                lr: settings.lr_log_z,
+            });
+        }
+        let params: Vec<Tensor> = groups.iter().flat_map(|g| g.params.iter().map(Tensor::shallow_clone)).collect();
+        let mut controls = controls;
+        controls.div = match settings.div {
+            DivModeSetting::Exact => DivMode::Exact,
+            DivModeSetting::Hutchinson => DivMode::Hutchinson,
+        };
+        Self {
+            method,
+            target,
+            controls,
+            loss,
+            adam: Adam::new(groups, settings.weight_decay),
+            settings,
+            log_z,
+            counters: Counters::default(),
+            device,
+            params,
+        }
+    }
+
+    /// Current behaviour noise scale λ (linear decay to 1 over `explore_steps`).
+    pub fn noise_scale(&self) -> f64 {
+        let s = &self.settings;
+        if !self.loss.detached() || s.explore_scale <= 1.0 || s.explore_steps == 0 {
+            return 1.0;
+        }
+        let frac = (self.counters.step as f64 / s.explore_steps as f64).min(1.0);
+        s.explore_scale + (1.0 - s.explore_scale) * frac
+    }
+
+    /// Current `max_loss` after the milestones reached.
+    fn max_loss(&self) -> Option<f64> {
+        let reached = self
+            .settings
+            .clip_milestones
+            .iter()
+            .filter(|&&m| self.counters.successful >= m)
+            .count();
+        self.settings
+            .max_loss
+            .map(|m| m * self.settings.max_loss_factor.powi(reached as i32))
+    }
+
+    /// The loss of one batch (graph attached), and the number of kept samples.
+    pub fn batch_loss(&mut self) -> (Tensor, Tensor) {
+        let d = self.target.dim() as i64;
+        let n = self.settings.batch as i64;
+        let x0 = match self.loss {
+            LossKind::LvTraj { k } => {
+                let b = (n / k as i64).max(1);
+                self.method
+                    .prior
+                    .sample(b, d, self.device)
+                    .repeat_interleave_self_int(k as i64, Some(0), None)
+            }
+            _ => self.method.prior.sample(n, d, self.device),
+        };
+        let n_eff = x0.size()[0] as u64;
+        let steps = self.method.grid.steps() as u64;
+        let score_evals = if self.controls.u.needs_target_score() { steps } else { 0 };
+        self.counters.target_evals += n_eff * (score_evals + 1);
+        let mut opts = SimOptions::new(self.loss.mode());
+        opts.noise_scale = self.noise_scale();
+        let rnd = if self.loss.detached() && self.settings.replay {
+            opts.record = true;
+            let out = tch::no_grad(|| {
+                simulate(self.method, self.target, self.controls, &x0, opts)
+            });
+            let rec = out.recording.expect("recording requested");
+            replay_lv(self.method, &self.method.grid, self.controls, &rec)
+        } else {
+            simulate(self.method, self.target, self.controls, &x0, opts).rnd
+        };
+        let out = batch_loss(
+            self.loss,
+            &rnd,
+            self.settings.max_rnd,
+            self.target.dim(),
+            self.log_z.as_ref(),
+        );
+        let filtered = Tensor::from(n_eff as f32).to_device(self.device) - &out.kept;
+        (out.loss, filtered)
+    }
+
+    /// One training step (see the module docs). Returns host statistics.
+    pub fn step(&mut self, hooks: &mut dyn Hooks) -> StepStats {
+        self.adam.zero_grad();
+        let (loss, filtered) = self.batch_loss();
+        let loss_ok = loss.isfinite();
+        if loss.requires_grad() {
+            // A non-finite loss still backpropagates (the gradients are checked below).
+            loss.backward();
+        }
+        let gn = grad_norm(&self.params);
+        let mut ok = loss_ok.logical_and(&gn.isfinite());
+        if let Some(ml) = self.max_loss() {
+            ok = ok.logical_and(&loss.abs().le(ml));
+        }
+        if let Some(mg) = self.settings.max_grad {
+            let gmax: Vec<Tensor> = self
+                .params
+                .iter()
+                .filter_map(|p| {
+                    let g = p.grad();
+                    g.defined().then(|| g.abs().max())
+                })
+                .collect();
+            if !gmax.is_empty() {
+                ok = ok.logical_and(&Tensor::stack(&gmax, 0).max().le(mg));
+            }
+        }
+        // The one host read of the step: [ok, loss, filtered, grad norm].
+        let packed = Tensor::stack(
+            &[
+                ok.to_kind(Kind::Float),
+                loss.detach().to_kind(Kind::Float),
+                filtered.to_kind(Kind::Float),
+                gn.to_kind(Kind::Float),
+            ],
+            0,
+        )
+        .to_device(Device::Cpu);
+        let host = Vec::<f32>::try_from(&packed).expect("4 values");
+        let ok = host[0] > 0.5 && !self.loss_is_constant();
+        self.counters.step += 1;
+        self.counters.filtered += host[2] as u64;
+        if ok {
+            if let Some(c) = self.settings.grad_clip {
+                clip_grad_norm(&self.params, &gn, c);
+            }
+            self.adam.step();
+            self.counters.successful += 1;
+            if let Some((every, gamma)) = self.settings.lr_schedule {
+                self.adam.lr_factor = StepLr { every, gamma }.factor(self.counters.successful);
+            }
+            let reached = self
+                .settings
+                .clip_milestones
+                .iter()
+                .filter(|&&m| self.counters.successful >= m)
+                .count();
+            let f = self.settings.clip_factor.powi(reached as i32);
+            self.controls.u.set_clip_factor(f);
+            if let Some(v) = self.controls.v {
+                v.set_clip_factor(f);
+            }
+            hooks.after_update(&self.counters);
+        } else {
+            self.counters.skipped += 1;
+        }
+        StepStats {
+            step: self.counters.step,
+            loss: host[1] as f64,
+            skipped: !ok,
+            kept: self.settings.batch as f64 - host[2] as f64,
+            grad_norm: host[3] as f64,
+            lr: self.settings.lr * self.adam.lr_factor,
+        }
+    }
+
+    /// A control without parameters cannot be trained; such steps are not "successful".
+    fn loss_is_constant(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Trainable parameters (u, v and the learned log Z).
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// Evaluates with the current weights (callers swap in EMA weights first).
+    pub fn evaluate(&self, n: usize, chunk: usize) -> (Evaluation, Tensor) {
+        let out = crate::estimate::evaluate(
+            self.method,
+            self.target,
+            self.controls,
+            n,
+            chunk,
+            self.device,
+        );
+        (out.estimates, out.samples)
+    }
+}

@@ -1,0 +1,99 @@
+//! Project automation (matklad's cargo-xtask convention), reached as `cargo xtask <cmd>`.
+//!
+//! Depends on no tch crate: it must run before libtorch exists, and it is what installs it.
+
+mod libtorch;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "lv project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Provision libtorch 2.13.0 (venv in the user cache + `.libtorch` symlink); idempotent.
+    Setup,
+    /// Print the libtorch found by setup and what the `lv` binary sees at run time.
+    Doctor,
+    /// Set up what is missing, build, and run the whole test suite.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Reproduce the benchmark tables (see the README).
+    ReproduceTable {
+        /// Extra arguments passed to `lv reproduce` (for example `--preset quick`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let root = repo_root()?;
+    match cli.cmd {
+        Cmd::Setup => {
+            libtorch::ensure(&root)?;
+        }
+        Cmd::Doctor => {
+            let lt = libtorch::ensure(&root)?;
+            println!("libtorch (setup): {} ({})", lt.root.display(), lt.version);
+            cargo(&root, &["run", "--quiet", "-p", "lv-bench", "--bin", "lv", "--", "doctor"])?;
+        }
+        Cmd::Test { args } => {
+            libtorch::ensure(&root)?;
+            let mut a = vec!["test", "--workspace"];
+            if !args.is_empty() {
+                a.push("--");
+                a.extend(args.iter().map(String::as_str));
+            }
+            cargo(&root, &a)?;
+        }
+        Cmd::ReproduceTable { args } => {
+            libtorch::ensure(&root)?;
+            let mut a = vec!["run", "--quiet", "-p", "lv-bench", "--bin", "lv", "--", "reproduce"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&root, &a)?;
+        }
+    }
+    Ok(())
+}
+
+/// The workspace root (the folder holding the top-level `Cargo.toml`).
+fn repo_root() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = dir.parent().context("xtask has no parent folder")?.to_path_buf();
+    if !root.join("Cargo.toml").exists() {
+        bail!("cannot find the workspace root above {}", dir.display());
+    }
+    Ok(root)
+}
+
+/// Runs `cargo <args>` in the workspace root, failing on a non-zero exit.
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running `{cargo} {}`", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
