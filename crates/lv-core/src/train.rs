@@ -24,6 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Settings of the training loop (validated by the config layer).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainSettings {
     pub steps: usize,
     /// Trajectories per step (for `lv_traj`: B·K).

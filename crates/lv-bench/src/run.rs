@@ -1,0 +1,406 @@
+//! `lv train`, `lv eval`, `lv sample`: build a run from a validated config, train with
+//! checkpoints and an EMA, evaluate (log Z, ESS, sample metrics) and write the run folder:
+//!
+//! ```text
+//! RUN/config.toml            the resolved configuration
+//! RUN/checkpoint.safetensors model, EMA shadow and Adam state (written atomically)
+//! RUN/checkpoint.json        step counters (written atomically, after the tensors)
+//! RUN/metrics.jsonl          the training curve
+//! RUN/results.json           the final evaluation
+//! RUN/samples.npy            terminal samples of the final evaluation
+//! ```
+//!
+//! Determinism: torch's generator is re-seeded at every step from (seed, step), so a run
+//! resumed from a checkpoint draws exactly the noises of an uninterrupted one.
+
+use crate::config::{Resolved, RunConfig};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lv_core::estimate::Evaluation;
+use lv_core::method::{Method, MethodKind};
+use lv_core::sim::Controls;
+use lv_core::train::{Counters, Hooks, Trainer};
+use lv_core::{Control, Target};
+use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
+use lv_nets::ctrl::{LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, ScoreCtrl};
+use lv_nets::ema::Ema;
+use lv_nets::select_device;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// Everything a run needs, built from a [`Resolved`] config.
+pub struct Built {
+    pub vs: VarStore,
+    pub method: Method,
+    pub target: Box<dyn Target>,
+    pub u: Box<dyn Control>,
+    pub v: Option<Box<dyn Control>>,
+    pub device: Device,
+}
+
+/// Builds method, target and controls.
+pub fn build(res: &Resolved) -> Result<Built> {
+    let cfg = &res.cfg;
+    let device = select_device(cfg.device)?;
+    let target = lv_targets::by_name(&cfg.target)?;
+    let method = Method::from_kind(res.method, cfg.sde.steps)?;
+    let vs = VarStore::new(device);
+    let d = target.dim() as i64;
+    let sde = method.sde;
+    let t_end = method.grid.t_end();
+    let sigma = move || -> lv_nets::ctrl::SigmaFn { Box::new(move |t| sde.sigma(t)) };
+    let root = vs.root();
+    let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) = match res.method {
+        MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => {
+            (Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)), None)
+        }
+        MethodKind::Dis => (
+            Box::new(LerpCtrl::new(&(&root / "u"), d, &cfg.model, sigma(), t_end, 1.0)),
+            None,
+        ),
+        MethodKind::Bridge => (
+            Box::new(LerpTargetCtrl::new(&(&root / "u"), d, &cfg.model, sigma(), t_end)),
+            Some(Box::new(LerpPriorCtrl::new(&(&root / "v"), d, &cfg.model, sigma(), t_end, 1.0))),
+        ),
+    };
+    Ok(Built {
+        vs,
+        method,
+        target,
+        u,
+        v,
+        device,
+    })
+}
+
+/// Step counters and bookkeeping saved beside the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckpointMeta {
+    counters: Counters,
+    ema_calls: u64,
+    seconds: f64,
+}
+
+/// The seed of step `step` of a run with seed `seed`.
+fn step_seed(seed: u64, step: usize) -> i64 {
+    (seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64
+}
+
+struct EmaHook<'a>(&'a mut Ema);
+
+impl Hooks for EmaHook<'_> {
+    fn after_update(&mut self, _c: &Counters) {
+        self.0.update();
+    }
+}
+
+/// Arguments of `lv train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// TOML configuration (configs/<preset>/<method>-<loss>-<target>.toml).
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Override a key: `--set train.steps=500` (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Run folder (default: runs/<method>-<loss>-<target>-seed<seed>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many steps of this invocation (for tests of resuming).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `lv train`.
+pub fn train(args: &TrainArgs, seed_override: Option<u64>) -> Result<PathBuf> {
+    let (cfg, dir, resume) = match &args.resume {
+        Some(dir) => {
+            let cfg = RunConfig::load(&dir.join("config.toml"), &args.set)?;
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let path = args.config.as_ref().expect("clap requires --config");
+            let mut cfg = RunConfig::load(path, &args.set)?;
+            if let Some(s) = seed_override {
+                cfg.seed = s;
+            }
+            let dir = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!("runs/{}-{}-{}-seed{}", cfg.method, cfg.loss, cfg.target, cfg.seed))
+            });
+            (cfg, dir, false)
+        }
+    };
+    let res = cfg.validate()?;
+    lv_nets::set_threads(res.cfg.threads);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+    if !resume {
+        let text = toml::to_string_pretty(&res.cfg)?;
+        write_atomic(&dir.join("config.toml"), text.as_bytes())?;
+    }
+    tch::manual_seed(res.cfg.seed as i64);
+    let built = build(&res)?;
+    train_built(&res, &built, &dir, resume, args.stop_after, args.quiet)?;
+    Ok(dir)
+}
+
+fn train_built(
+    res: &Resolved,
+    b: &Built,
+    dir: &Path,
+    resume: bool,
+    stop_after: Option<usize>,
+    quiet: bool,
+) -> Result<()> {
+    let cfg = &res.cfg;
+    let controls = match &b.v {
+        Some(v) => Controls::with_v(b.u.as_ref(), v.as_ref()),
+        None => Controls::new(b.u.as_ref()),
+    };
+    let mut settings = cfg.train.clone();
+    // The batch of lv_traj is B·K; the trainer draws B = batch / K initial points.
+    settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
+    let mut trainer = Trainer::new(&b.method, b.target.as_ref(), controls, res.loss, settings, b.device, None);
+    let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64);
+    let mut seconds = 0.0;
+    let ckpt = dir.join("checkpoint.safetensors");
+    let meta_path = dir.join("checkpoint.json");
+    if resume {
+        if !meta_path.exists() {
+            bail!("{} has no checkpoint to resume from", dir.display());
+        }
+        let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
+            .with_context(|| format!("reading {}", meta_path.display()))?;
+        let tensors = load_tensors(&ckpt)?;
+        restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
+        trainer.counters = meta.counters.clone();
+        seconds = meta.seconds;
+        eprintln!("resuming {} at step {}", dir.display(), trainer.counters.step);
+    } else {
+        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+    }
+    let total = cfg.train.steps;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(trainer.counters.step as u64);
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("metrics.jsonl"))?;
+    let mut last_eval: Option<Evaluation> = None;
+    let mut done_here = 0;
+    let mut t0 = std::time::Instant::now();
+    while trainer.counters.step < total {
+        tch::manual_seed(step_seed(cfg.seed, trainer.counters.step));
+        let st = trainer.step(&mut EmaHook(&mut ema));
+        done_here += 1;
+        let step = trainer.counters.step;
+        if cfg.eval.every > 0 && step % cfg.eval.every == 0 && step < total {
+            let ev = ema.with_shadow(|| trainer.evaluate(cfg.eval.n_during, cfg.eval.chunk).0);
+            writeln!(metrics, "{}", serde_json::json!({"step": step, "eval": ev}))?;
+            last_eval = Some(ev);
+        }
+        if step % cfg.log_every.max(1) == 0 || step == total {
+            let elapsed = seconds + t0.elapsed().as_secs_f64();
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"step": step, "loss": st.loss, "skipped": st.skipped, "kept": st.kept,
+                    "grad_norm": st.grad_norm, "lr": st.lr, "seconds": elapsed,
+                    "skipped_steps": trainer.counters.skipped, "filtered_samples": trainer.counters.filtered})
+            )?;
+        }
+        let (lz, ess) = last_eval.as_ref().map(|e| (e.log_z_is, e.ess)).unwrap_or((f64::NAN, f64::NAN));
+        bar.set_position(step as u64);
+        bar.set_message(format!(
+            "loss {:.3e}  logZ {:.3}  ESS {:.3}  {:.1} steps/s",
+            st.loss,
+            lz,
+            ess,
+            done_here as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+        ));
+        if step % cfg.checkpoint_every.max(1) == 0 || step == total {
+            seconds += t0.elapsed().as_secs_f64();
+            t0 = std::time::Instant::now();
+            save_checkpoint(&b.vs, &trainer, &ema, &ckpt, &meta_path, seconds)?;
+        }
+        if stop_after.is_some_and(|s| done_here >= s) {
+            seconds += t0.elapsed().as_secs_f64();
+            save_checkpoint(&b.vs, &trainer, &ema, &ckpt, &meta_path, seconds)?;
+            bar.abandon();
+            return Ok(());
+        }
+    }
+    seconds += t0.elapsed().as_secs_f64();
+    bar.finish();
+    drop(metrics);
+    let results = final_eval(res, b, &trainer, &mut ema, dir, seconds)?;
+    if !quiet {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}
+
+fn save_checkpoint(
+    vs: &VarStore,
+    trainer: &Trainer<'_>,
+    ema: &Ema,
+    ckpt: &Path,
+    meta_path: &Path,
+    seconds: f64,
+) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (format!("model.{k}"), t))
+        .collect();
+    named.extend(ema.shadow().into_iter().map(|(k, t)| (format!("ema.{k}"), t)));
+    named.extend(trainer.adam.state());
+    if let Some(c) = &trainer.log_z {
+        named.push(("log_z".into(), c.shallow_clone()));
+    }
+    named.push(("meta.step".into(), Tensor::from(trainer.counters.step as i64)));
+    save_tensors_atomic(ckpt, &named)?;
+    let meta = CheckpointMeta {
+        counters: trainer.counters.clone(),
+        ema_calls: ema.calls(),
+        seconds,
+    };
+    write_atomic(meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())
+}
+
+fn restore(
+    vs: &VarStore,
+    trainer: &mut Trainer<'_>,
+    ema: &mut Ema,
+    tensors: &[(String, Tensor)],
+    meta: &CheckpointMeta,
+) -> Result<()> {
+    let step = tensors
+        .iter()
+        .find(|(k, _)| k == "meta.step")
+        .map(|(_, t)| t.int64_value(&[]) as usize)
+        .context("checkpoint has no meta.step")?;
+    if step != meta.counters.step {
+        bail!("checkpoint tensors are at step {step} but checkpoint.json says {}", meta.counters.step);
+    }
+    let strip = |prefix: &str| -> Vec<(String, Tensor)> {
+        tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|s| (s.to_string(), t.shallow_clone())))
+            .collect()
+    };
+    lv_nets::checkpoint::load_into_var_store(vs, &strip("model."))?;
+    ema.load_shadow(&strip("ema."))?;
+    ema.set_calls(meta.ema_calls);
+    trainer.adam.load_state(tensors)?;
+    if let Some(c) = &trainer.log_z {
+        let src = tensors.iter().find(|(k, _)| k == "log_z").context("checkpoint has no log_z")?;
+        tch::no_grad(|| c.shallow_clone().copy_(&src.1));
+    }
+    // Re-apply the clip schedule reached so far.
+    let reached = trainer
+        .settings
+        .clip_milestones
+        .iter()
+        .filter(|&&m| meta.counters.successful >= m)
+        .count();
+    let f = trainer.settings.clip_factor.powi(reached as i32);
+    trainer.controls.u.set_clip_factor(f);
+    if let Some(v) = trainer.controls.v {
+        v.set_clip_factor(f);
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Converts a `[n, d]` tensor to an f64 ndarray.
+pub fn to_array(t: &Tensor) -> Result<Array2<f64>> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Double).contiguous();
+    let (n, d) = (t.size()[0] as usize, t.size()[1] as usize);
+    let v = Vec::<f64>::try_from(&t.view([-1]))?;
+    Ok(Array2::from_shape_vec((n, d), v)?)
+}
+
+/// Reference samples of a target: fresh exact samples, or the shipped set.
+pub fn reference_samples(target: &dyn Target, n: usize) -> Option<Result<Array2<f64>>> {
+    if let Some(s) = target.sampler() {
+        return Some(to_array(&s.sample(n as i64 as usize, Device::Cpu)));
+    }
+    target.reference_samples().map(|r| r.and_then(|t| to_array(&t)))
+}
+
+fn final_eval(
+    res: &Resolved,
+    b: &Built,
+    trainer: &Trainer<'_>,
+    ema: &mut Ema,
+    dir: &Path,
+    seconds: f64,
+) -> Result<serde_json::Value> {
+    let cfg = &res.cfg;
+    tch::manual_seed(step_seed(cfg.seed, usize::MAX >> 1));
+    let (ev, samples) = ema.with_shadow(|| trainer.evaluate(cfg.eval.n, cfg.eval.chunk));
+    let x = to_array(&samples)?;
+    ndarray_npy::write_npy(dir.join("samples.npy"), &x.mapv(|v| v as f32))
+        .with_context(|| format!("writing {}", dir.join("samples.npy").display()))?;
+    let mut out = serde_json::json!({
+        "method": cfg.method, "loss": cfg.loss, "target": cfg.target, "seed": cfg.seed,
+        "steps": trainer.counters.step, "batch": cfg.train.batch, "grid_steps": b.method.grid.steps(),
+        "log_z_is": ev.log_z_is, "log_z_elbo": ev.log_z_elbo, "log_z_lb_ito": ev.log_z_lb_ito,
+        "ess": ev.ess, "lv": ev.lv, "eval_n": ev.n, "eval_non_finite": ev.non_finite,
+        "seconds": seconds, "skipped_steps": trainer.counters.skipped,
+        "filtered_samples": trainer.counters.filtered, "target_evals": trainer.counters.target_evals,
+    });
+    let o = out.as_object_mut().expect("object");
+    let log_z = b.target.log_z();
+    o.insert("log_z_ref".into(), serde_json::json!(log_z));
+    o.insert("log_z_error_is".into(), serde_json::json!(log_z.map(|z| (ev.log_z_is - z).abs())));
+    o.insert("log_z_error_elbo".into(), serde_json::json!(log_z.map(|z| (ev.log_z_elbo - z).abs())));
+    if let Some(reference) = reference_samples(b.target.as_ref(), cfg.eval.n_metrics.max(2)) {
+        let reference = reference?;
+        let n = cfg.eval.n_metrics.min(x.nrows()).min(reference.nrows());
+        let a = lv_metrics::report::subsample(&x, n, cfg.seed);
+        let r = lv_metrics::report::subsample(&reference, n, cfg.seed + 1);
+        let opts = lv_metrics::ReportOptions {
+            max_sinkhorn_sde: cfg.eval.n_sinkhorn_sde,
+            seed: cfg.seed,
+            particles: (cfg.target == "dw4").then_some(4),
+            ..Default::default()
+        };
+        let rep = lv_metrics::compute_report(&a, &r, &opts)?;
+        if let serde_json::Value::Object(m) = serde_json::to_value(&rep)? {
+            o.extend(m);
+        }
+        let se = lv_metrics::std_errors_vs_samples(x.view(), reference.view())?;
+        o.insert("avg_marginal_stddev".into(), serde_json::json!(se.avg_marginal_stddev));
+        o.insert("avg_stddev".into(), serde_json::json!(se.avg_stddev));
+    }
+    if let Some(centres) = lv_targets::mode_centres(&cfg.target) {
+        let c = Array2::from_shape_vec(
+            (centres.len(), centres[0].len()),
+            centres.iter().flatten().cloned().collect(),
+        )?;
+        let cov = lv_metrics::mode_coverage(x.view(), c.view(), None)?;
+        o.insert("mode_coverage".into(), serde_json::to_value(&cov)?);
+    }
+    write_atomic(&dir.join("results.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;
+    Ok(out)
+}

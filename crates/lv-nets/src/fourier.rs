@@ -1,0 +1,473 @@
+//! Fourier-feature networks (spec §6.1–6.3): the time embedding, the FourierMLP base network
+//! of every control, and the time-only network s(t).
+//!
+//! All networks see the **raw** time t (not divided by the horizon T) and work in float32 on
+//! the device of the `nn::Path` they are built from.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init, LinearConfig, Module};
+use tch::{Device, Kind, Tensor};
+
+/// Settings of the Fourier networks. The defaults are the paper's (spec §6.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Width C of every hidden layer (time branch and trunk). Default 64.
+    pub width: i64,
+    /// Number of linear layers of the trunk, counting the input and the output layer
+    /// (default 4: `in`, 2 hidden, `out`). At least 2.
+    pub num_layers: usize,
+    /// Number F of Fourier frequencies; the features have size 2F. Default 64.
+    pub num_freqs: i64,
+    /// Smallest fixed frequency (default 0.1).
+    pub freq_min: f64,
+    /// Largest fixed frequency (default 100).
+    pub freq_max: f64,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self {
+            width: 64,
+            num_layers: 4,
+            num_freqs: 64,
+            freq_min: 0.1,
+            freq_max: 100.0,
+        }
+    }
+}
+
+impl MlpConfig {
+    fn validate(&self) {
+        assert!(
+            self.width >= 1,
+            "MlpConfig.width must be >= 1, got {}",
+            self.width
+        );
+        assert!(
+            self.num_layers >= 2,
+            "MlpConfig.num_layers counts the input and output layers and must be >= 2, got {}",
+            self.num_layers
+        );
+        assert!(
+            self.num_freqs >= 1,
+            "MlpConfig.num_freqs must be >= 1, got {}",
+            self.num_freqs
+        );
+    }
+}
+
+/// Exact (erf) GELU.
+pub(crate) fn gelu(x: &Tensor) -> Tensor {
+    x.gelu("none")
+}
+
+/// A linear layer with PyTorch's default initialisation: weights and bias both
+/// U(−1/√fan_in, 1/√fan_in).
+///
+/// (tch's `LinearConfig::default()` uses Kaiming-uniform with the ReLU gain, i.e. weights
+/// U(−√6/√fan_in, √6/√fan_in), which is **not** PyTorch's default; hence this helper.)
+pub fn torch_linear(p: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    let init = Init::Uniform { lo: -b, up: b };
+    nn::linear(
+        p,
+        fan_in,
+        fan_out,
+        LinearConfig {
+            ws_init: init,
+            bs_init: Some(init),
+            bias: true,
+        },
+    )
+}
+
+/// A linear layer with zero weights and a constant bias `bias`.
+pub fn const_linear(p: nn::Path, fan_in: i64, fan_out: i64, bias: f64) -> nn::Linear {
+    nn::linear(
+        p,
+        fan_in,
+        fan_out,
+        LinearConfig {
+            ws_init: Init::Const(0.0),
+            bs_init: Some(Init::Const(bias)),
+            bias: true,
+        },
+    )
+}
+
+fn linear_params(l: &nn::Linear, out: &mut Vec<Tensor>) {
+    out.push(l.ws.shallow_clone());
+    if let Some(b) = &l.bs {
+        out.push(b.shallow_clone());
+    }
+}
+
+/// Times as a float32 column vector `[K]` on `device`.
+pub fn times_tensor(ts: &[f64], device: Device) -> Tensor {
+    Tensor::from_slice(ts)
+        .to_kind(Kind::Float)
+        .to_device(device)
+}
+
+/// Fourier time features (spec §6.1): fixed frequencies c = linspace(f_min, f_max, F)
+/// (a non-trainable buffer `freqs`), learnable phases φ ~ N(0, 1) (`phases`), and
+/// features [sin(c t + φ), cos(c t + φ)] ∈ R^{2F} of the raw time t.
+#[derive(Debug)]
+pub struct FourierEmbedding {
+    freqs: Tensor,
+    phases: Tensor,
+}
+
+impl FourierEmbedding {
+    /// Registers `freqs` (non-trainable) and `phases` (trainable) under `p`.
+    pub fn new(p: &nn::Path, cfg: &MlpConfig) -> Self {
+        let f = cfg.num_freqs;
+        let mut freqs = p.zeros_no_train("freqs", &[f]);
+        tch::no_grad(|| {
+            freqs.copy_(&Tensor::linspace(
+                cfg.freq_min,
+                cfg.freq_max,
+                f,
+                (Kind::Float, p.device()),
+            ))
+        });
+        let phases = p.randn_standard("phases", &[f]);
+        Self { freqs, phases }
+    }
+
+    /// Features of times `t: [K]` (or `[K, 1]`): `[K, 2F]`.
+    pub fn forward(&self, t: &Tensor) -> Tensor {
+        let t = t.reshape([-1, 1]);
+        let arg = t * &self.freqs + &self.phases;
+        Tensor::cat(&[arg.sin(), arg.cos()], 1)
+    }
+
+    /// Size 2F of the features.
+    pub fn out_dim(&self) -> i64 {
+        2 * self.freqs.size()[0]
+    }
+
+    /// The device the buffers live on.
+    pub fn device(&self) -> Device {
+        self.freqs.device()
+    }
+
+    /// Trainable parameters (the phases; the frequencies are fixed).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        vec![self.phases.shallow_clone()]
+    }
+}
+
+/// FourierMLP (spec §6.2), the base network NN(t, x) of every control:
+///
+/// - time branch e_t = Lin_{C→C}(GELU(Lin_{2F→C}(features(t)))), no activation at the end;
+/// - trunk h_0 = Lin_{d→C}(x) + e_t, h_{i+1} = Lin_{C→C}(GELU(h_i)),
+///   out = Lin_{C→d_out}(GELU(h_last));
+/// - GELU is the exact (erf) one; `out` starts with zero weights and bias (output 0 at
+///   initialisation); the other layers use PyTorch's default U(±1/√fan_in).
+///
+/// With the defaults and d = d_out = 2 it has 21 122 trainable parameters.
+#[derive(Debug)]
+pub struct FourierMlp {
+    emb: FourierEmbedding,
+    time1: nn::Linear,
+    time2: nn::Linear,
+    input: nn::Linear,
+    hidden: Vec<nn::Linear>,
+    out: nn::Linear,
+    dim: i64,
+    out_dim: i64,
+}
+
+impl FourierMlp {
+    /// Builds the network for inputs `x: [n, dim]` and outputs `[n, out_dim]` under `p`
+    /// (sub-paths `emb`, `time1`, `time2`, `input`, `hidden{i}`, `out`).
+    pub fn new(p: &nn::Path, dim: i64, out_dim: i64, cfg: &MlpConfig) -> Self {
+        cfg.validate();
+        let c = cfg.width;
+        let emb = FourierEmbedding::new(&(p / "emb"), cfg);
+        let time1 = torch_linear(p / "time1", emb.out_dim(), c);
+        let time2 = torch_linear(p / "time2", c, c);
+        let input = torch_linear(p / "input", dim, c);
+        let hidden = (0..cfg.num_layers - 2)
+            .map(|i| torch_linear(p / format!("hidden{i}"), c, c))
+            .collect();
+        let out = const_linear(p / "out", c, out_dim, 0.0);
+        Self {
+            emb,
+            time1,
+            time2,
+            input,
+            hidden,
+            out,
+            dim,
+            out_dim,
+        }
+    }
+
+    /// Input dimension d.
+    pub fn dim(&self) -> i64 {
+        self.dim
+    }
+
+    /// Output dimension.
+    pub fn out_dim(&self) -> i64 {
+        self.out_dim
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.emb.device()
+    }
+
+    /// Time embedding e_t of times `t: [K]`: `[K, C]`.
+    pub fn time_embedding(&self, t: &Tensor) -> Tensor {
+        self.time2
+            .forward(&gelu(&self.time1.forward(&self.emb.forward(t))))
+    }
+
+    fn trunk(&self, x: &Tensor, e: &Tensor) -> Tensor {
+        let mut h = self.input.forward(x) + e;
+        for l in &self.hidden {
+            h = l.forward(&gelu(&h));
+        }
+        self.out.forward(&gelu(&h))
+    }
+
+    /// NN(t, x) at one raw time `t` for `x: [n, d]`: `[n, d_out]`.
+    pub fn forward_t(&self, t: f64, x: &Tensor) -> Tensor {
+        let e = self.time_embedding(&times_tensor(&[t], self.device()));
+        self.trunk(x, &e)
+    }
+
+    /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are
+    /// evaluated at `ts[k]`. The time embedding is computed once per entry of `ts` (a
+    /// `[K, C]` matrix) and repeated (`repeat_interleave`) over the `n` rows of each block.
+    pub fn forward_many(&self, ts: &[f64], x: &Tensor, n: i64) -> Tensor {
+        let k = ts.len() as i64;
+        assert_eq!(
+            x.size()[0],
+            k * n,
+            "FourierMlp::forward_many: x has {} rows, expected {} times x {} rows",
+            x.size()[0],
+            k,
+            n
+        );
+        let e = self
+            .time_embedding(&times_tensor(ts, self.device()))
+            .repeat_interleave_self_int(n, 0, k * n);
+        self.trunk(x, &e)
+    }
+
+    /// NN with one time per row: `t: [n]` (or `[n, 1]`), `x: [n, d]`.
+    pub fn forward_rows(&self, t: &Tensor, x: &Tensor) -> Tensor {
+        let e = self.time_embedding(t);
+        self.trunk(x, &e)
+    }
+
+    /// Trainable parameters (phases and all linear weights and biases).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut ps = self.emb.parameters();
+        for l in [&self.time1, &self.time2, &self.input] {
+            linear_params(l, &mut ps);
+        }
+        for l in &self.hidden {
+            linear_params(l, &mut ps);
+        }
+        linear_params(&self.out, &mut ps);
+        ps
+    }
+}
+
+/// The time network s(t) (spec §6.3): the same Fourier features, then
+/// Lin_{2F→C}, GELU, Lin_{C→C}, GELU, Lin_{C→C}, GELU, Lin_{C→out}; the last layer has zero
+/// weights and constant bias `init_bias` (0.01 for ScoreCtrl, 1.0 for the Lerp controls), so
+/// s(t) ≡ `init_bias` at initialisation. `out` is 1, or d for the `*_dim` variants.
+#[derive(Debug)]
+pub struct TimeNet {
+    emb: FourierEmbedding,
+    layers: Vec<nn::Linear>,
+    out: nn::Linear,
+    out_dim: i64,
+}
+
+impl TimeNet {
+    /// Builds s(t) under `p` (sub-paths `emb`, `layer{0,1,2}`, `out`).
+    pub fn new(p: &nn::Path, out_dim: i64, init_bias: f64, cfg: &MlpConfig) -> Self {
+        cfg.validate();
+        let c = cfg.width;
+        let emb = FourierEmbedding::new(&(p / "emb"), cfg);
+        let layers = vec![
+            torch_linear(p / "layer0", emb.out_dim(), c),
+            torch_linear(p / "layer1", c, c),
+            torch_linear(p / "layer2", c, c),
+        ];
+        let out = const_linear(p / "out", c, out_dim, init_bias);
+        Self {
+            emb,
+            layers,
+            out,
+            out_dim,
+        }
+    }
+
+    /// Output dimension (1 or d).
+    pub fn out_dim(&self) -> i64 {
+        self.out_dim
+    }
+
+    /// s at times `t: [K]`: `[K, out]`.
+    pub fn forward(&self, t: &Tensor) -> Tensor {
+        let mut h = self.emb.forward(t);
+        for l in &self.layers {
+            h = gelu(&l.forward(&h));
+        }
+        self.out.forward(&h)
+    }
+
+    /// s at one raw time: `[1, out]` (broadcasts over a batch).
+    pub fn forward_t(&self, t: f64) -> Tensor {
+        self.forward(&times_tensor(&[t], self.emb.device()))
+    }
+
+    /// s at the times `ts`, each row repeated `n` times: `[K·n, out]`.
+    pub fn forward_many(&self, ts: &[f64], n: i64) -> Tensor {
+        let k = ts.len() as i64;
+        self.forward(&times_tensor(ts, self.emb.device()))
+            .repeat_interleave_self_int(n, 0, k * n)
+    }
+
+    /// Trainable parameters.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut ps = self.emb.parameters();
+        for l in &self.layers {
+            linear_params(l, &mut ps);
+        }
+        linear_params(&self.out, &mut ps);
+        ps
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+
+    /// Replaces every trainable parameter by N(0, 0.1²) draws (so zero-initialised output
+    /// layers do not make tests trivial).
+    pub(crate) fn randomize(vs: &VarStore) {
+        tch::no_grad(|| {
+            for mut v in vs.trainable_variables() {
+                let r = v.randn_like() * 0.1;
+                v.copy_(&r);
+            }
+        });
+    }
+
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn parameter_count_matches_spec() {
+        let vs = VarStore::new(Device::Cpu);
+        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
+        let n: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert_eq!(n, 21_122);
+        let n2: i64 = net.parameters().iter().map(|t| t.numel() as i64).sum();
+        assert_eq!(n2, 21_122);
+        // The frequencies are stored but not trainable.
+        let vars = vs.variables();
+        let freqs = &vars["emb.freqs"];
+        assert!(!freqs.requires_grad());
+        let expect = Tensor::linspace(0.1, 100.0, 64, (Kind::Float, Device::Cpu));
+        assert!(max_abs_diff(freqs, &expect) < 1e-6);
+        assert_eq!(vars.len(), 2 + 2 * 6);
+    }
+
+    #[test]
+    fn initialisation() {
+        tch::manual_seed(0);
+        let vs = VarStore::new(Device::Cpu);
+        let net = FourierMlp::new(&vs.root(), 3, 3, &MlpConfig::default());
+        let x = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+        let y = net.forward_t(0.3, &x);
+        assert_eq!(y.size(), vec![5, 3]);
+        assert_eq!(y.abs().max().double_value(&[]), 0.0);
+        // PyTorch default bounds 1/sqrt(fan_in) for weights and biases.
+        let vars = vs.variables();
+        for (name, fan_in) in [("time1", 128.0), ("time2", 64.0), ("hidden0", 64.0)] {
+            let b = 1.0 / f64::sqrt(fan_in);
+            for what in ["weight", "bias"] {
+                let m = vars[&format!("{name}.{what}")]
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(m <= b && m > 0.8 * b, "{name}.{what}: max {m}, bound {b}");
+            }
+        }
+        let ph = &vars["emb.phases"];
+        let sd = ph.std(true).double_value(&[]);
+        assert!(sd > 0.6 && sd < 1.4, "phase std {sd}");
+    }
+
+    #[test]
+    fn forward_many_equals_loop() {
+        tch::manual_seed(1);
+        let vs = VarStore::new(Device::Cpu);
+        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
+        randomize(&vs);
+        let ts = [0.0, 0.37, 1.0, 4.9];
+        let n = 3;
+        let x = Tensor::randn([4 * n, 2], (Kind::Float, Device::Cpu));
+        let many = net.forward_many(&ts, &x, n);
+        let looped = Tensor::cat(
+            &ts.iter()
+                .enumerate()
+                .map(|(k, &t)| net.forward_t(t, &x.narrow(0, k as i64 * n, n)))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let scale = looped.abs().max().double_value(&[]);
+        assert!(scale > 1e-2);
+        assert!(max_abs_diff(&many, &looped) < 2e-6 * (1.0 + scale));
+        // Per-row times agree as well.
+        let rows = times_tensor(&ts, Device::Cpu).repeat_interleave_self_int(n, 0, 4 * n);
+        let rows_out = net.forward_rows(&rows, &x);
+        assert!(max_abs_diff(&rows_out, &looped) < 2e-6 * (1.0 + scale));
+    }
+
+    #[test]
+    fn non_default_config_and_serde() {
+        let cfg: MlpConfig = serde_json::from_str(r#"{"width": 32, "num_layers": 3}"#).unwrap();
+        assert_eq!(cfg.width, 32);
+        assert_eq!(cfg.num_freqs, 64);
+        let vs = VarStore::new(Device::Cpu);
+        let net = FourierMlp::new(&vs.root(), 2, 1, &cfg);
+        let y = net.forward_t(1.0, &Tensor::zeros([4, 2], (Kind::Float, Device::Cpu)));
+        assert_eq!(y.size(), vec![4, 1]);
+        assert_eq!(net.hidden.len(), 1);
+        assert!(serde_json::from_str::<MlpConfig>(r#"{"widht": 3}"#).is_err());
+    }
+
+    #[test]
+    fn time_net_initial_output_is_the_bias() {
+        let vs = VarStore::new(Device::Cpu);
+        let s = TimeNet::new(&vs.root(), 3, 0.01, &MlpConfig::default());
+        let y = s.forward_many(&[0.0, 0.5], 2);
+        assert_eq!(y.size(), vec![4, 3]);
+        assert!(max_abs_diff(&y, &Tensor::full([4, 3], 0.01, (Kind::Float, Device::Cpu))) < 1e-8);
+        assert_eq!(s.forward_t(2.0).size(), vec![1, 3]);
+        let n: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert_eq!(n, 64 + 128 * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 3 + 3);
+    }
+}

@@ -1,0 +1,119 @@
+//! Neal's funnel (`funnel10`, `funnel10_clip30`).
+
+use lv_core::{ExactSampler, Target};
+use tch::{Device, Kind, Tensor};
+
+use crate::util::HALF_LOG_2PI;
+
+/// Neal's funnel in d dimensions (method spec §9, benchmarks spec §3.2):
+///
+/// x₀ ~ N(0, 3²), x_i | x₀ ~ N(0, e^{x₀}) for i = 1..d−1, normalised (**log Z = 0**):
+///
+/// log ρ(x) = −x₀²/18 − ½log(2π·9) − ((d−1)/2)(x₀ + log 2π) − ½ e^{−x₀} Σ_{i≥1} x_i².
+///
+/// Analytic score (kept in the autograd graph, spec §6.6):
+/// ∂₀ = −x₀/9 − (d−1)/2 + ½ e^{−x₀} Σ_{i≥1} x_i², ∂_i = −x_i e^{−x₀}.
+///
+/// Analytic stds: s₀ = 3, s_i = e^{9/4} ≈ 9.4877 (E[e^{x₀}] = e^{4.5}).
+///
+/// Exact sampler: x₀ = 3z₀, x_i = e^{x₀/2} z_i. The later-benchmark variant `funnel10_clip30`
+/// has the same density but its sampler **clips** every coordinate to [−30, 30], as the
+/// Beyond-ELBOs / SCLD / RSMC codes do for their reference sets (benchmarks spec §3.2); those
+/// samples are then not exact in the tails of x_{i≥1}.
+///
+/// Domain (reference code): x₀ ∈ ±15 (5 std), x_i ∈ ±e^{15/5} ≈ ±20.09.
+pub struct Funnel {
+    name: String,
+    dim: usize,
+    clip: Option<f64>,
+}
+
+impl Funnel {
+    /// The paper's `funnel10` (exact sampler, no clipping).
+    pub fn new(dim: usize) -> Self {
+        Funnel {
+            name: format!("funnel{dim}"),
+            dim,
+            clip: None,
+        }
+    }
+
+    /// The later-benchmark variant `funnel{d}_clip{c}`: same density, sampler clipped to ±c.
+    pub fn clipped(dim: usize, clip: f64) -> Self {
+        Funnel {
+            name: format!("funnel{dim}_clip{clip}"),
+            dim,
+            clip: Some(clip),
+        }
+    }
+
+    /// The clip bound of the sampler, if any.
+    pub fn clip(&self) -> Option<f64> {
+        self.clip
+    }
+}
+
+impl Target for Funnel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        let m = (self.dim - 1) as f64;
+        let x0 = x.select(1, 0);
+        let rest = x.narrow(1, 1, self.dim as i64 - 1);
+        let sq = rest.square().sum_dim_intlist(-1, false, None::<Kind>);
+        x0.square() * (-1.0 / 18.0)
+            - (HALF_LOG_2PI + 3f64.ln())
+            - (&x0 + 2.0 * HALF_LOG_2PI) * (0.5 * m)
+            - sq * (-&x0).exp() * 0.5
+    }
+
+    fn score(&self, x: &Tensor) -> Tensor {
+        let m = (self.dim - 1) as f64;
+        let x0 = x.narrow(1, 0, 1);
+        let rest = x.narrow(1, 1, self.dim as i64 - 1);
+        let inv_var = (-&x0).exp();
+        let sq = rest.square().sum_dim_intlist(-1, true, None::<Kind>);
+        let s0 = &x0 * (-1.0 / 9.0) - 0.5 * m + sq * &inv_var * 0.5;
+        let si = -(rest * inv_var);
+        Tensor::cat(&[s0, si], 1)
+    }
+
+    fn score_in_graph(&self) -> bool {
+        true
+    }
+
+    /// 0 (normalised).
+    fn log_z(&self) -> Option<f64> {
+        Some(0.0)
+    }
+
+    fn domain(&self) -> Vec<(f64, f64)> {
+        let other = 3f64.exp();
+        let mut d = vec![(-15.0, 15.0)];
+        d.extend(std::iter::repeat_n((-other, other), self.dim - 1));
+        d
+    }
+
+    fn sampler(&self) -> Option<&dyn ExactSampler> {
+        Some(self)
+    }
+}
+
+impl ExactSampler for Funnel {
+    fn sample(&self, n: usize, device: Device) -> Tensor {
+        let z = Tensor::randn([n as i64, self.dim as i64], (Kind::Float, device));
+        let x0 = z.narrow(1, 0, 1) * 3.0;
+        let rest = z.narrow(1, 1, self.dim as i64 - 1) * (&x0 * 0.5).exp();
+        let x = Tensor::cat(&[x0, rest], 1);
+        match self.clip {
+            Some(c) => x.clamp(-c, c),
+            None => x,
+        }
+    }
+}

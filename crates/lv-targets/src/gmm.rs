@@ -1,0 +1,254 @@
+//! Equal-weight isotropic Gaussian mixtures (`gmm9`, `gmm25`, `fab40`, `gmm40_*`) and the 1-D
+//! Gaussian `gauss`.
+
+use anyhow::Result;
+use lv_core::{ExactSampler, Target};
+use tch::{Device, Kind, Tensor};
+
+use crate::util::{parse_table, sq_dists, Constant, HALF_LOG_2PI};
+
+const FAB40_MEANS: &str = include_str!("../data/fab40_means.csv");
+const GMM40_MEANS_D2: &str = include_str!("../data/gmm40_means_d2.csv");
+const GMM40_MEANS_D5: &str = include_str!("../data/gmm40_means_d5.csv");
+const GMM40_MEANS_D50: &str = include_str!("../data/gmm40_means_d50.csv");
+
+/// softplus(1) = log(1 + e), the component std of `fab40`.
+pub const FAB40_STD: f64 = 1.313_261_687_518_222_8;
+
+/// An equal-weight mixture of K isotropic Gaussians in R^d with a common std σ:
+///
+/// ρ(x) = (1/K) Σ_k N(x; m_k, σ² I), normalised, so **log Z = 0**.
+///
+/// log ρ(x) = LSE_k(−‖x − m_k‖² / (2σ²)) − log K − (d/2)·log(2πσ²).
+///
+/// Score: the trait's autograd default (a generic, detached score, as for the GMM in the
+/// reference code, method spec §6.6). Exact sampler: a uniform component index
+/// (`Tensor::randint`) plus σ·`Tensor::randn`. Domain: per coordinate
+/// [min_k m_k − 5σ, max_k m_k + 5σ] (the reference code's convention; ±7.739 for `gmm9`).
+pub struct GaussianMixture {
+    name: String,
+    description: String,
+    dim: usize,
+    std: f64,
+    means: Vec<Vec<f64>>,
+    means_t: Constant,
+    domain: Vec<(f64, f64)>,
+}
+
+impl GaussianMixture {
+    /// A mixture with the given means (rows, all of length `dim`) and common std.
+    pub fn new(name: &str, description: &str, means: Vec<Vec<f64>>, std: f64) -> Self {
+        let dim = means[0].len();
+        let flat: Vec<f64> = means.iter().flatten().copied().collect();
+        let means_t = Constant::from_slice(&flat, &[means.len() as i64, dim as i64]);
+        let domain = (0..dim)
+            .map(|j| {
+                let lo = means.iter().map(|m| m[j]).fold(f64::INFINITY, f64::min);
+                let hi = means.iter().map(|m| m[j]).fold(f64::NEG_INFINITY, f64::max);
+                (lo - 5.0 * std, hi + 5.0 * std)
+            })
+            .collect();
+        GaussianMixture {
+            name: name.to_string(),
+            description: description.to_string(),
+            dim,
+            std,
+            means,
+            means_t,
+            domain,
+        }
+    }
+
+    /// `gmm9` (method spec §9, "grid"): d = 2, 9 modes at {−5, 0, 5}², variance 0.3.
+    /// Per-coordinate variance 0.3 + 50/3 ≈ 16.967 (std ≈ 4.1191). log Z = 0.
+    pub fn gmm9() -> Self {
+        Self::grid("gmm9", &[-5.0, 0.0, 5.0])
+    }
+
+    /// `gmm25` (benchmarks spec §3.1, Sendera et al.): d = 2, 25 modes at {−10, −5, 0, 5, 10}²,
+    /// covariance 0.3 I. log Z = 0.
+    pub fn gmm25() -> Self {
+        Self::grid("gmm25", &[-10.0, -5.0, 0.0, 5.0, 10.0])
+    }
+
+    fn grid(name: &str, coords: &[f64]) -> Self {
+        // Row-major cartesian product (x outer, y inner), as torch.cartesian_prod.
+        let means = coords
+            .iter()
+            .flat_map(|&a| coords.iter().map(move |&b| vec![a, b]))
+            .collect::<Vec<_>>();
+        let k = means.len();
+        Self::new(
+            name,
+            &format!("{k}-mode Gaussian grid mixture on {coords:?}^2, variance 0.3, normalised"),
+            means,
+            0.3f64.sqrt(),
+        )
+    }
+
+    /// `fab40` (method spec §9, "GMM-40 (fab)"): d = 2, 40 modes, std softplus(1) ≈ 1.3133.
+    ///
+    /// Means: the shipped table `data/fab40_means.csv`, produced once by the reference code's
+    /// recipe with torch 2.x on the CPU:
+    /// `g = torch.Generator(); g.manual_seed(42); loc = (torch.rand((40, 2), generator=g) - 0.5) * 2 * 40`
+    /// (float32, written as exact float64). log Z = 0.
+    pub fn fab40() -> Result<Self> {
+        let flat = parse_table(FAB40_MEANS, 40, 2, "fab40_means.csv")?;
+        Ok(Self::new(
+            "fab40",
+            "40-mode Gaussian mixture on [-40,40]^2 (torch seed 42), std softplus(1), normalised",
+            flat.chunks(2).map(|c| c.to_vec()).collect(),
+            FAB40_STD,
+        ))
+    }
+
+    /// `gmm40_{d}d` (benchmarks spec §3.4): 40 equal-weight components with identity
+    /// covariance in d ∈ {2, 5, 50}; means = 40·U(−1, 1)^{40×d} from JAX `PRNGKey(0)`, shipped
+    /// as `data/gmm40_means_d{d}.csv`, the **legacy threefry variant** (jax < 0.5,
+    /// `jax_threefry_partitionable=False`, as pinned by Beyond-ELBOs / SCLD). log Z = 0.
+    pub fn gmm40(dim: usize) -> Result<Self> {
+        let text = match dim {
+            2 => GMM40_MEANS_D2,
+            5 => GMM40_MEANS_D5,
+            50 => GMM40_MEANS_D50,
+            _ => anyhow::bail!("gmm40: no mean table for d = {dim} (available: 2, 5, 50)"),
+        };
+        let flat = parse_table(text, 40, dim, &format!("gmm40_means_d{dim}.csv"))?;
+        Ok(Self::new(
+            &format!("gmm40_{dim}d"),
+            &format!(
+                "40-mode Gaussian mixture in d={dim}, identity covariance, means U[-40,40]^d \
+                 (JAX PRNGKey(0), jax<0.5 stream), normalised"
+            ),
+            flat.chunks(dim).map(|c| c.to_vec()).collect(),
+            1.0,
+        ))
+    }
+
+    /// The component means m_k.
+    pub fn means(&self) -> &[Vec<f64>] {
+        &self.means
+    }
+
+    /// The common component std σ.
+    pub fn component_std(&self) -> f64 {
+        self.std
+    }
+
+    /// Short human-readable description.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Component log-likelihoods log N(x; m_k, σ² I), `[n, K]` (for mode assignment).
+    pub fn component_log_densities(&self, x: &Tensor) -> Tensor {
+        let var = self.std * self.std;
+        let norm = -(self.dim as f64) * (HALF_LOG_2PI + self.std.ln());
+        sq_dists(x, &self.means_t.like(x)) * (-0.5 / var) + norm
+    }
+}
+
+impl Target for GaussianMixture {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        let k = self.means.len() as f64;
+        self.component_log_densities(x).logsumexp([-1], false) - k.ln()
+    }
+
+    /// 0 (normalised mixture).
+    fn log_z(&self) -> Option<f64> {
+        Some(0.0)
+    }
+
+    fn domain(&self) -> Vec<(f64, f64)> {
+        self.domain.clone()
+    }
+
+    fn sampler(&self) -> Option<&dyn ExactSampler> {
+        Some(self)
+    }
+}
+
+impl ExactSampler for GaussianMixture {
+    fn sample(&self, n: usize, device: Device) -> Tensor {
+        let k = self.means.len() as i64;
+        let idx = Tensor::randint(k, [n as i64], (Kind::Int64, device));
+        let means = self.means_t.get(device, Kind::Float);
+        means.index_select(0, &idx)
+            + Tensor::randn([n as i64, self.dim as i64], (Kind::Float, device)) * self.std
+    }
+}
+
+/// `gauss`: the 1-D Gaussian N(3, 1), normalised (**log Z = 0**).
+///
+/// log ρ(x) = −(x − 3)²/2 − ½·log 2π; analytic score −(x − 3), kept in the autograd graph.
+/// Domain 3 ± 5. Exact sampler 3 + `randn`.
+pub struct Gauss {
+    mean: f64,
+    std: f64,
+}
+
+impl Gauss {
+    /// N(3, 1).
+    pub fn new() -> Self {
+        Gauss {
+            mean: 3.0,
+            std: 1.0,
+        }
+    }
+}
+
+impl Default for Gauss {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Target for Gauss {
+    fn name(&self) -> &str {
+        "gauss"
+    }
+
+    fn dim(&self) -> usize {
+        1
+    }
+
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        let z = (x - self.mean) / self.std;
+        (z.square() * -0.5).sum_dim_intlist(-1, false, None::<Kind>) - HALF_LOG_2PI - self.std.ln()
+    }
+
+    fn score(&self, x: &Tensor) -> Tensor {
+        (x - self.mean) * (-1.0 / (self.std * self.std))
+    }
+
+    fn score_in_graph(&self) -> bool {
+        true
+    }
+
+    /// 0 (normalised).
+    fn log_z(&self) -> Option<f64> {
+        Some(0.0)
+    }
+
+    fn domain(&self) -> Vec<(f64, f64)> {
+        vec![(self.mean - 5.0 * self.std, self.mean + 5.0 * self.std)]
+    }
+
+    fn sampler(&self) -> Option<&dyn ExactSampler> {
+        Some(self)
+    }
+}
+
+impl ExactSampler for Gauss {
+    fn sample(&self, n: usize, device: Device) -> Tensor {
+        Tensor::randn([n as i64, 1], (Kind::Float, device)) * self.std + self.mean
+    }
+}

@@ -1,0 +1,122 @@
+//! Mixture of Student-t products (`mos50`).
+
+use anyhow::Result;
+use lv_core::{ExactSampler, Target};
+use tch::{Device, Kind, Tensor};
+
+use crate::util::{component_sums, parse_table, Constant};
+
+const MOS10_LOCS_D50: &str = include_str!("../data/mos10_locs_d50.csv");
+
+/// Degrees of freedom ν of every Student-t factor.
+pub const MOS_NU: f64 = 2.0;
+
+/// log of the Student-t (ν = 2, scale 1) normaliser: log Γ(3/2) − log Γ(1) − ½log(2π)
+/// = −(3/2)·log 2.
+const LOG_T2_NORM: f64 = -1.5 * std::f64::consts::LN_2;
+
+/// Equal-weight mixture of K products of independent 1-D Student-t distributions (ν = 2,
+/// scale 1; benchmarks spec §3.5), normalised (**log Z = 0**):
+///
+/// log ρ(x) = LSE_k Σ_j log t₂(x_j − m_kj) − log K, log t₂(u) = −(3/2)log 2 − (3/2)log(1 + u²/2).
+///
+/// Locations: `data/mos10_locs_d50.csv` (K = 10, d = 50), U(−10, 10) from JAX `PRNGKey(0)`,
+/// the **legacy threefry variant** (jax < 0.5). Score: autograd default (detached).
+///
+/// Exact sampler: uniform component, then m_k + z/√(χ²_ν/ν) per coordinate with z ~ N(0, 1)
+/// and χ²₂ the sum of two squared standard normals.
+///
+/// Domain: per coordinate [min_k m_kj − 10, max_k m_kj + 10] (the tails are heavy; for plots).
+pub struct MixtureOfStudents {
+    name: String,
+    dim: usize,
+    locs: Vec<Vec<f64>>,
+    locs_t: Constant,
+}
+
+impl MixtureOfStudents {
+    /// `mos50`: 10 components in d = 50.
+    pub fn mos50() -> Result<Self> {
+        let flat = parse_table(MOS10_LOCS_D50, 10, 50, "mos10_locs_d50.csv")?;
+        Ok(Self::new(
+            "mos50",
+            flat.chunks(50).map(|c| c.to_vec()).collect(),
+        ))
+    }
+
+    /// A mixture with the given locations (rows of equal length d).
+    pub fn new(name: &str, locs: Vec<Vec<f64>>) -> Self {
+        let dim = locs[0].len();
+        let flat: Vec<f64> = locs.iter().flatten().copied().collect();
+        MixtureOfStudents {
+            name: name.to_string(),
+            dim,
+            locs_t: Constant::from_slice(&flat, &[locs.len() as i64, dim as i64]),
+            locs,
+        }
+    }
+
+    /// The component locations m_k.
+    pub fn locations(&self) -> &[Vec<f64>] {
+        &self.locs
+    }
+
+    /// Component log-likelihoods Σ_j log t₂(x_j − m_kj), `[n, K]` (for mode assignment).
+    pub fn component_log_densities(&self, x: &Tensor) -> Tensor {
+        component_sums(x, &self.locs_t.like(x), |u| {
+            (u.square() / MOS_NU).log1p() * (-(MOS_NU + 1.0) / 2.0) + LOG_T2_NORM
+        })
+    }
+}
+
+impl Target for MixtureOfStudents {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        let k = self.locs.len() as f64;
+        self.component_log_densities(x).logsumexp([-1], false) - k.ln()
+    }
+
+    /// 0 (normalised).
+    fn log_z(&self) -> Option<f64> {
+        Some(0.0)
+    }
+
+    fn domain(&self) -> Vec<(f64, f64)> {
+        (0..self.dim)
+            .map(|j| {
+                let lo = self.locs.iter().map(|m| m[j]).fold(f64::INFINITY, f64::min);
+                let hi = self
+                    .locs
+                    .iter()
+                    .map(|m| m[j])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                (lo - 10.0, hi + 10.0)
+            })
+            .collect()
+    }
+
+    fn sampler(&self) -> Option<&dyn ExactSampler> {
+        Some(self)
+    }
+}
+
+impl ExactSampler for MixtureOfStudents {
+    fn sample(&self, n: usize, device: Device) -> Tensor {
+        let (n_i, d) = (n as i64, self.dim as i64);
+        let opts = (Kind::Float, device);
+        let idx = Tensor::randint(self.locs.len() as i64, [n_i], (Kind::Int64, device));
+        let z = Tensor::randn([n_i, d], opts);
+        let chi2 = Tensor::randn([n_i, d, MOS_NU as i64], opts)
+            .square()
+            .sum_dim_intlist(-1, false, None::<Kind>);
+        let t = z / (chi2 / MOS_NU).sqrt();
+        self.locs_t.get(device, Kind::Float).index_select(0, &idx) + t
+    }
+}
