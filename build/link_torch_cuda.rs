@@ -22,7 +22,10 @@ fn main() {
         root = manifest.join(root);
     }
     let lib = root.join("lib");
-    println!("cargo:rerun-if-changed={}", lib.join("libtorch_cuda.so").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        lib.join("libtorch_cuda.so").display()
+    );
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

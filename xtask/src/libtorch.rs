@@ -35,24 +35,44 @@ pub fn ensure(repo: &Path) -> Result<Libtorch> {
                 user.display()
             )
         })?;
-        eprintln!("setup: using LIBTORCH={} (torch {version}); nothing installed", user.display());
-        return Ok(Libtorch { root: user, version });
+        eprintln!(
+            "setup: using LIBTORCH={} (torch {version}); nothing installed",
+            user.display()
+        );
+        return Ok(Libtorch {
+            root: user,
+            version,
+        });
     }
     if let Ok(version) = check(&link) {
-        eprintln!("setup: .libtorch -> {} (torch {version}); nothing to do", target_of(&link));
-        return Ok(Libtorch { root: link, version });
+        eprintln!(
+            "setup: .libtorch -> {} (torch {version}); nothing to do",
+            target_of(&link)
+        );
+        return Ok(Libtorch {
+            root: link,
+            version,
+        });
     }
-    let venv = cache_dir()?.join(format!("torch-{TORCH_VERSION}")).join("venv");
+    let venv = cache_dir()?
+        .join(format!("torch-{TORCH_VERSION}"))
+        .join("venv");
     let torch = match installed_torch(&venv) {
         Some(t) => t,
         None => install(&venv)?,
     };
     let version = check(&torch).with_context(|| {
-        format!("the torch installed in {} is not a usable libtorch", venv.display())
+        format!(
+            "the torch installed in {} is not a usable libtorch",
+            venv.display()
+        )
     })?;
     relink(&link, &torch)?;
     eprintln!("setup: .libtorch -> {} (torch {version})", torch.display());
-    Ok(Libtorch { root: link, version })
+    Ok(Libtorch {
+        root: link,
+        version,
+    })
 }
 
 /// `LIBTORCH` from the environment, unless it is this repo's own `.libtorch` (which cargo's
@@ -106,8 +126,12 @@ fn read_version(root: &Path) -> Result<String> {
         return Ok(std::fs::read_to_string(&bv)?.trim().to_string());
     }
     let vp = root.join("version.py");
-    let text = std::fs::read_to_string(&vp)
-        .with_context(|| format!("{} has neither build-version nor version.py", root.display()))?;
+    let text = std::fs::read_to_string(&vp).with_context(|| {
+        format!(
+            "{} has neither build-version nor version.py",
+            root.display()
+        )
+    })?;
     text.lines()
         .find_map(|l| l.strip_prefix("__version__ = "))
         .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
@@ -167,8 +191,7 @@ fn install(venv: &Path) -> Result<PathBuf> {
     }
     if venv.exists() {
         eprintln!("setup: removing incomplete venv {}", venv.display());
-        std::fs::remove_dir_all(venv)
-            .with_context(|| format!("removing {}", venv.display()))?;
+        std::fs::remove_dir_all(venv).with_context(|| format!("removing {}", venv.display()))?;
     }
     std::fs::create_dir_all(venv.parent().expect("venv has a parent"))?;
     eprintln!("setup: creating venv {}", venv.display());
@@ -263,15 +286,24 @@ mod tests {
         let d = tmp("old");
         fake_libtorch(&d, "__version__ = '2.5.1'\n");
         let e = check(&d).unwrap_err().to_string();
-        assert!(e.contains("2.5.1") && e.contains("2.13.0") && e.contains("LIBTORCH"), "{e}");
+        assert!(
+            e.contains("2.5.1") && e.contains("2.13.0") && e.contains("LIBTORCH"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_missing_libraries() {
         let d = tmp("nolib");
         std::fs::create_dir_all(&d).unwrap();
-        assert!(check(&d).unwrap_err().to_string().contains("libtorch_cpu.so"));
-        assert!(check(&d.join("absent")).unwrap_err().to_string().contains("does not exist"));
+        assert!(check(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("libtorch_cpu.so"));
+        assert!(check(&d.join("absent"))
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
     }
 
     #[test]

@@ -53,7 +53,12 @@ fn run() -> Result<()> {
         Cmd::Doctor => {
             let lt = libtorch::ensure(&root)?;
             println!("libtorch (setup): {} ({})", lt.root.display(), lt.version);
-            cargo(&root, &["run", "--quiet", "-p", "lv-bench", "--bin", "lv", "--", "doctor"])?;
+            cargo(
+                &root,
+                &[
+                    "run", "--quiet", "-p", "lv-bench", "--bin", "lv", "--", "doctor",
+                ],
+            )?;
         }
         Cmd::Test { args } => {
             libtorch::ensure(&root)?;
@@ -66,7 +71,16 @@ fn run() -> Result<()> {
         }
         Cmd::ReproduceTable { args } => {
             libtorch::ensure(&root)?;
-            let mut a = vec!["run", "--quiet", "-p", "lv-bench", "--bin", "lv", "--", "reproduce"];
+            let mut a = vec![
+                "run",
+                "--quiet",
+                "-p",
+                "lv-bench",
+                "--bin",
+                "lv",
+                "--",
+                "reproduce",
+            ];
             a.extend(args.iter().map(String::as_str));
             cargo(&root, &a)?;
         }
@@ -77,7 +91,10 @@ fn run() -> Result<()> {
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 fn repo_root() -> Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = dir.parent().context("xtask has no parent folder")?.to_path_buf();
+    let root = dir
+        .parent()
+        .context("xtask has no parent folder")?
+        .to_path_buf();
     if !root.join("Cargo.toml").exists() {
         bail!("cannot find the workspace root above {}", dir.display());
     }

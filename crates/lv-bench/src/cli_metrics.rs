@@ -27,8 +27,8 @@ pub struct MetricsArgs {
 
 pub fn run(args: &MetricsArgs, seed: u64) -> Result<()> {
     let a = load_samples(&args.a).with_context(|| format!("model sample {}", args.a.display()))?;
-    let b = load_samples(&args.b)
-        .with_context(|| format!("reference sample {}", args.b.display()))?;
+    let b =
+        load_samples(&args.b).with_context(|| format!("reference sample {}", args.b.display()))?;
     let opts = ReportOptions {
         eps: args.eps,
         particles: args.particles,

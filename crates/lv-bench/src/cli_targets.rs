@@ -23,7 +23,11 @@ pub fn run(json: bool) -> Result<()> {
             t.dim,
             log_z,
             if t.has_sampler { "exact" } else { "-" },
-            if t.has_reference_samples { "shipped" } else { "-" },
+            if t.has_reference_samples {
+                "shipped"
+            } else {
+                "-"
+            },
             t.description
         );
     }

@@ -165,14 +165,20 @@ impl RunConfig {
         }
         if let LossKind::LvTraj { k } = loss {
             if t.batch % k != 0 {
-                bail!("key `train.batch` ({}) must be a multiple of `lv_traj_k` ({k})", t.batch);
+                bail!(
+                    "key `train.batch` ({}) must be a multiple of `lv_traj_k` ({k})",
+                    t.batch
+                );
             }
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             bail!("key `train.lr` must be a positive number (got {})", t.lr);
         }
         if t.explore_scale < 1.0 {
-            bail!("key `train.explore_scale` must be ≥ 1 (got {})", t.explore_scale);
+            bail!(
+                "key `train.explore_scale` must be ≥ 1 (got {})",
+                t.explore_scale
+            );
         }
         if t.explore_scale > 1.0 && !loss.detached() {
             bail!(
@@ -233,7 +239,8 @@ fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    const BASE: &str = "target = \"gmm9\"\nmethod = \"pis\"\nloss = \"lv\"\n[train]\nsteps = 10\nbatch = 8\n";
+    const BASE: &str =
+        "target = \"gmm9\"\nmethod = \"pis\"\nloss = \"lv\"\n[train]\nsteps = 10\nbatch = 8\n";
 
     #[test]
     fn parses_and_overrides() {
@@ -269,7 +276,8 @@ mod tests {
         assert!(bad("loss=elbo").contains("elbo"));
         assert!(bad("dim=7").contains("dimension 7"));
         assert!(bad("train.batch=1").contains("train.batch"));
-        let c = RunConfig::parse(BASE, &["loss=kl".into(), "train.explore_scale=2.0".into()]).unwrap();
+        let c =
+            RunConfig::parse(BASE, &["loss=kl".into(), "train.explore_scale=2.0".into()]).unwrap();
         assert!(format!("{:#}", c.validate().err().unwrap()).contains("explore_scale"));
     }
 }

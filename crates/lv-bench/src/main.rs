@@ -11,7 +11,11 @@ mod run;
 mod smoke;
 
 #[derive(Parser)]
-#[command(name = "lv", version, about = "Diffusion samplers trained with path-space divergences (log-variance loss)")]
+#[command(
+    name = "lv",
+    version,
+    about = "Diffusion samplers trained with path-space divergences (log-variance loss)"
+)]
 struct Cli {
     /// Device: cpu, cuda or auto (the first GPU if libtorch sees one, else the CPU).
     #[arg(long, global = true, default_value = "cpu")]

@@ -54,16 +54,37 @@ pub fn build(res: &Resolved) -> Result<Built> {
     let sigma = move || -> lv_nets::ctrl::SigmaFn { Box::new(move |t| sde.sigma(t)) };
     let root = vs.root();
     let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) = match res.method {
-        MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => {
-            (Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)), None)
-        }
+        MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
+            Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)),
+            None,
+        ),
         MethodKind::Dis => (
-            Box::new(LerpCtrl::new(&(&root / "u"), d, &cfg.model, sigma(), t_end, 1.0)),
+            Box::new(LerpCtrl::new(
+                &(&root / "u"),
+                d,
+                &cfg.model,
+                sigma(),
+                t_end,
+                1.0,
+            )),
             None,
         ),
         MethodKind::Bridge => (
-            Box::new(LerpTargetCtrl::new(&(&root / "u"), d, &cfg.model, sigma(), t_end)),
-            Some(Box::new(LerpPriorCtrl::new(&(&root / "v"), d, &cfg.model, sigma(), t_end, 1.0))),
+            Box::new(LerpTargetCtrl::new(
+                &(&root / "u"),
+                d,
+                &cfg.model,
+                sigma(),
+                t_end,
+            )),
+            Some(Box::new(LerpPriorCtrl::new(
+                &(&root / "v"),
+                d,
+                &cfg.model,
+                sigma(),
+                t_end,
+                1.0,
+            ))),
         ),
     };
     Ok(Built {
@@ -134,14 +155,18 @@ pub fn train(args: &TrainArgs, seed_override: Option<u64>) -> Result<PathBuf> {
                 cfg.seed = s;
             }
             let dir = args.out.clone().unwrap_or_else(|| {
-                PathBuf::from(format!("runs/{}-{}-{}-seed{}", cfg.method, cfg.loss, cfg.target, cfg.seed))
+                PathBuf::from(format!(
+                    "runs/{}-{}-{}-seed{}",
+                    cfg.method, cfg.loss, cfg.target, cfg.seed
+                ))
             });
             (cfg, dir, false)
         }
     };
     let res = cfg.validate()?;
     lv_nets::set_threads(res.cfg.threads);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating run folder {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating run folder {}", dir.display()))?;
     if !resume {
         let text = toml::to_string_pretty(&res.cfg)?;
         write_atomic(&dir.join("config.toml"), text.as_bytes())?;
@@ -168,7 +193,15 @@ fn train_built(
     let mut settings = cfg.train.clone();
     // The batch of lv_traj is B·K; the trainer draws B = batch / K initial points.
     settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
-    let mut trainer = Trainer::new(&b.method, b.target.as_ref(), controls, res.loss, settings, b.device, None);
+    let mut trainer = Trainer::new(
+        &b.method,
+        b.target.as_ref(),
+        controls,
+        res.loss,
+        settings,
+        b.device,
+        None,
+    );
     let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64);
     let mut seconds = 0.0;
     let ckpt = dir.join("checkpoint.safetensors");
@@ -183,15 +216,25 @@ fn train_built(
         restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
         trainer.counters = meta.counters.clone();
         seconds = meta.seconds;
-        eprintln!("resuming {} at step {}", dir.display(), trainer.counters.step);
+        eprintln!(
+            "resuming {} at step {}",
+            dir.display(),
+            trainer.counters.step
+        );
     } else {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
     }
     let total = cfg.train.steps;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total as u64) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(trainer.counters.step as u64);
     let mut metrics = std::fs::OpenOptions::new()
@@ -221,7 +264,10 @@ fn train_built(
                     "skipped_steps": trainer.counters.skipped, "filtered_samples": trainer.counters.filtered})
             )?;
         }
-        let (lz, ess) = last_eval.as_ref().map(|e| (e.log_z_is, e.ess)).unwrap_or((f64::NAN, f64::NAN));
+        let (lz, ess) = last_eval
+            .as_ref()
+            .map(|e| (e.log_z_is, e.ess))
+            .unwrap_or((f64::NAN, f64::NAN));
         bar.set_position(step as u64);
         bar.set_message(format!(
             "loss {:.3e}  logZ {:.3}  ESS {:.3}  {:.1} steps/s",
@@ -265,12 +311,19 @@ fn save_checkpoint(
         .into_iter()
         .map(|(k, t)| (format!("model.{k}"), t))
         .collect();
-    named.extend(ema.shadow().into_iter().map(|(k, t)| (format!("ema.{k}"), t)));
+    named.extend(
+        ema.shadow()
+            .into_iter()
+            .map(|(k, t)| (format!("ema.{k}"), t)),
+    );
     named.extend(trainer.adam.state());
     if let Some(c) = &trainer.log_z {
         named.push(("log_z".into(), c.shallow_clone()));
     }
-    named.push(("meta.step".into(), Tensor::from(trainer.counters.step as i64)));
+    named.push((
+        "meta.step".into(),
+        Tensor::from(trainer.counters.step as i64),
+    ));
     save_tensors_atomic(ckpt, &named)?;
     let meta = CheckpointMeta {
         counters: trainer.counters.clone(),
@@ -293,12 +346,18 @@ fn restore(
         .map(|(_, t)| t.int64_value(&[]) as usize)
         .context("checkpoint has no meta.step")?;
     if step != meta.counters.step {
-        bail!("checkpoint tensors are at step {step} but checkpoint.json says {}", meta.counters.step);
+        bail!(
+            "checkpoint tensors are at step {step} but checkpoint.json says {}",
+            meta.counters.step
+        );
     }
     let strip = |prefix: &str| -> Vec<(String, Tensor)> {
         tensors
             .iter()
-            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|s| (s.to_string(), t.shallow_clone())))
+            .filter_map(|(k, t)| {
+                k.strip_prefix(prefix)
+                    .map(|s| (s.to_string(), t.shallow_clone()))
+            })
             .collect()
     };
     lv_nets::checkpoint::load_into_var_store(vs, &strip("model."))?;
@@ -306,7 +365,10 @@ fn restore(
     ema.set_calls(meta.ema_calls);
     trainer.adam.load_state(tensors)?;
     if let Some(c) = &trainer.log_z {
-        let src = tensors.iter().find(|(k, _)| k == "log_z").context("checkpoint has no log_z")?;
+        let src = tensors
+            .iter()
+            .find(|(k, _)| k == "log_z")
+            .context("checkpoint has no log_z")?;
         tch::no_grad(|| c.shallow_clone().copy_(&src.1));
     }
     // Re-apply the clip schedule reached so far.
@@ -328,7 +390,8 @@ fn restore(
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Converts a `[n, d]` tensor to an f64 ndarray.
@@ -344,7 +407,9 @@ pub fn reference_samples(target: &dyn Target, n: usize) -> Option<Result<Array2<
     if let Some(s) = target.sampler() {
         return Some(to_array(&s.sample(n as i64 as usize, Device::Cpu)));
     }
-    target.reference_samples().map(|r| r.and_then(|t| to_array(&t)))
+    target
+        .reference_samples()
+        .map(|r| r.and_then(|t| to_array(&t)))
 }
 
 fn final_eval(
@@ -372,8 +437,14 @@ fn final_eval(
     let o = out.as_object_mut().expect("object");
     let log_z = b.target.log_z();
     o.insert("log_z_ref".into(), serde_json::json!(log_z));
-    o.insert("log_z_error_is".into(), serde_json::json!(log_z.map(|z| (ev.log_z_is - z).abs())));
-    o.insert("log_z_error_elbo".into(), serde_json::json!(log_z.map(|z| (ev.log_z_elbo - z).abs())));
+    o.insert(
+        "log_z_error_is".into(),
+        serde_json::json!(log_z.map(|z| (ev.log_z_is - z).abs())),
+    );
+    o.insert(
+        "log_z_error_elbo".into(),
+        serde_json::json!(log_z.map(|z| (ev.log_z_elbo - z).abs())),
+    );
     if let Some(reference) = reference_samples(b.target.as_ref(), cfg.eval.n_metrics.max(2)) {
         let reference = reference?;
         let n = cfg.eval.n_metrics.min(x.nrows()).min(reference.nrows());
@@ -390,7 +461,10 @@ fn final_eval(
             o.extend(m);
         }
         let se = lv_metrics::std_errors_vs_samples(x.view(), reference.view())?;
-        o.insert("avg_marginal_stddev".into(), serde_json::json!(se.avg_marginal_stddev));
+        o.insert(
+            "avg_marginal_stddev".into(),
+            serde_json::json!(se.avg_marginal_stddev),
+        );
         o.insert("avg_stddev".into(), serde_json::json!(se.avg_stddev));
     }
     if let Some(centres) = lv_targets::mode_centres(&cfg.target) {
@@ -401,6 +475,9 @@ fn final_eval(
         let cov = lv_metrics::mode_coverage(x.view(), c.view(), None)?;
         o.insert("mode_coverage".into(), serde_json::to_value(&cov)?);
     }
-    write_atomic(&dir.join("results.json"), serde_json::to_string_pretty(&out)?.as_bytes())?;
+    write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(&out)?.as_bytes(),
+    )?;
     Ok(out)
 }

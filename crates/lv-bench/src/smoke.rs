@@ -31,7 +31,11 @@ pub fn run(args: &SmokeArgs, _device: Device, seed: u64) -> Result<()> {
         let out = args.out.join(format!("pis-{loss}-gmm9-seed{seed}"));
         let targs = TrainArgs {
             config: Some(config),
-            set: vec![format!("train.steps={}", args.steps), "eval.n=4000".into(), "eval.every=0".into()],
+            set: vec![
+                format!("train.steps={}", args.steps),
+                "eval.n=4000".into(),
+                "eval.every=0".into(),
+            ],
             out: Some(out.clone()),
             resume: None,
             stop_after: None,
@@ -46,10 +50,18 @@ pub fn run(args: &SmokeArgs, _device: Device, seed: u64) -> Result<()> {
     println!("\n| loss | steps | log Z error (IS) | log Z error (ELBO) | ESS | seconds |");
     println!("|---|---|---|---|---|---|");
     for (loss, r) in rows {
-        let f = |k: &str| r[k].as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+        let f = |k: &str| {
+            r[k].as_f64()
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into())
+        };
         println!(
             "| {loss} | {} | {} | {} | {} | {} |",
-            r["steps"], f("log_z_error_is"), f("log_z_error_elbo"), f("ess"), f("seconds")
+            r["steps"],
+            f("log_z_error_is"),
+            f("log_z_error_elbo"),
+            f("ess"),
+            f("seconds")
         );
     }
     Ok(())

@@ -88,9 +88,21 @@ pub fn evaluate(
         let m = chunk.min(n - done) as i64;
         tch::no_grad(|| {
             let x0 = method.prior.sample(m, d, device);
-            let p1 = simulate(method, target, controls, &x0, SimOptions::new(Mode::EvalIto));
+            let p1 = simulate(
+                method,
+                target,
+                controls,
+                &x0,
+                SimOptions::new(Mode::EvalIto),
+            );
             let t0 = std::time::Instant::now();
-            let p2 = simulate(method, target, controls, &x0, SimOptions::new(Mode::EvalNoIto));
+            let p2 = simulate(
+                method,
+                target,
+                controls,
+                &x0,
+                SimOptions::new(Mode::EvalNoIto),
+            );
             let r2 = to_vec(&p2.rnd);
             sample_seconds += t0.elapsed().as_secs_f64();
             neg_r1.extend(to_vec(&p1.rnd).into_iter().map(|r| -r));

@@ -78,7 +78,10 @@ impl TimeGrid {
     /// The sub-grid t_i … t_j (inclusive), for sub-trajectory training. Times stay absolute.
     pub fn sub(&self, i: usize, j: usize) -> Result<Self> {
         if !(i < j && j <= self.steps()) {
-            bail!("sub-grid needs 0 ≤ i < j ≤ N (got i = {i}, j = {j}, N = {})", self.steps());
+            bail!(
+                "sub-grid needs 0 ≤ i < j ≤ N (got i = {i}, j = {j}, N = {})",
+                self.steps()
+            );
         }
         Ok(Self {
             t: self.t[i..=j].to_vec(),

@@ -122,7 +122,8 @@ fn masked_var(r0: &Tensor, mask: &Tensor, groups: Option<i64>) -> Tensor {
             let n = m.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
             let mean = (&r * &m).sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
                 / n.unsqueeze(1).clamp_min(1.0);
-            let ss = ((&r - mean).square() * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let ss =
+                ((&r - mean).square() * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
             let valid = n.ge(2.0).to_kind(Kind::Float);
             let var = ss / (&n - 1.0).clamp_min(1.0);
             (var * &valid).sum(Kind::Float) / valid.sum(Kind::Float)
@@ -178,6 +179,9 @@ mod tests {
     fn parse_names() {
         assert_eq!(LossKind::parse("lv", 0).unwrap(), LossKind::Lv);
         assert!(LossKind::parse("lv_traj", 1).is_err());
-        assert!(LossKind::parse("elbo", 0).unwrap_err().to_string().contains("unknown loss"));
+        assert!(LossKind::parse("elbo", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown loss"));
     }
 }

@@ -32,7 +32,9 @@ impl std::str::FromStr for MethodKind {
             "dds" => Self::Dds,
             "dds_exp" => Self::DdsExp,
             "bridge" => Self::Bridge,
-            other => bail!("unknown method `{other}`: expected one of pis, dis, dds, dds_exp, bridge"),
+            other => {
+                bail!("unknown method `{other}`: expected one of pis, dis, dds, dds_exp, bridge")
+            }
         })
     }
 }

@@ -89,11 +89,12 @@ impl Adam {
                     if self.weight_decay != 0.0 {
                         grad = grad + p * self.weight_decay;
                     }
-                    let _ = s.m.g_mul_scalar_(self.beta1).g_add_(&(&grad * (1.0 - self.beta1)));
-                    let _ = s
-                        .v
-                        .g_mul_scalar_(self.beta2)
-                        .g_add_(&(grad.square() * (1.0 - self.beta2)));
+                    let _ =
+                        s.m.g_mul_scalar_(self.beta1)
+                            .g_add_(&(&grad * (1.0 - self.beta1)));
+                    let _ =
+                        s.v.g_mul_scalar_(self.beta2)
+                            .g_add_(&(grad.square() * (1.0 - self.beta2)));
                     let denom = s.v.sqrt() / bc2.sqrt() + self.eps;
                     let mut p = p.shallow_clone();
                     let _ = p.g_sub_(&(&s.m / denom * (lr / bc1)));
@@ -189,7 +190,10 @@ pub fn grad_norm(params: &[Tensor]) -> Tensor {
 /// Scales the gradients so that their global L2 norm is at most `max_norm`
 /// (coefficient min(1, max_norm/(‖g‖ + 1e-6)), as torch's clip_grad_norm_), on the device.
 pub fn clip_grad_norm(params: &[Tensor], norm: &Tensor, max_norm: f64) {
-    let coef = (norm + 1e-6).reciprocal().g_mul_scalar(max_norm).clamp_max(1.0);
+    let coef = (norm + 1e-6)
+        .reciprocal()
+        .g_mul_scalar(max_norm)
+        .clamp_max(1.0);
     tch::no_grad(|| {
         for p in params {
             let mut g = p.grad();
@@ -219,7 +223,10 @@ mod tests {
         p.square().sum(Kind::Float).backward();
         adam.step();
         let v = Vec::<f32>::try_from(&p.detach()).unwrap();
-        assert!((v[0] - 0.9).abs() < 1e-5 && (v[1] + 1.9).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - 0.9).abs() < 1e-5 && (v[1] + 1.9).abs() < 1e-5,
+            "{v:?}"
+        );
         for _ in 0..300 {
             adam.zero_grad();
             p.square().sum(Kind::Float).backward();

@@ -62,13 +62,18 @@ impl Prior {
 /// log N(x; 0, std² I) for `x: [n, d]`, returning `[n]`.
 pub fn gauss_log_prob(x: &Tensor, std: f64) -> Tensor {
     let d = x.size()[1] as f64;
-    let sq = x.square().sum_dim_intlist([1i64].as_slice(), false, x.kind());
+    let sq = x
+        .square()
+        .sum_dim_intlist([1i64].as_slice(), false, x.kind());
     sq * (-0.5 / (std * std)) - d * (0.5 * (2.0 * std::f64::consts::PI).ln() + std.ln())
 }
 
 /// Complementary error function (f64, via libtorch on a scalar; used only at set-up).
 pub fn erfc(x: f64) -> f64 {
-    Tensor::from(x).to_kind(Kind::Double).erfc().double_value(&[])
+    Tensor::from(x)
+        .to_kind(Kind::Double)
+        .erfc()
+        .double_value(&[])
 }
 
 #[cfg(test)]

@@ -173,8 +173,8 @@ pub fn simulate_on(
     let d = x0.size()[1];
     let dim = d as usize;
     let opts_t = (x0.kind(), x0.device());
-    let needs_score = controls.u.needs_target_score()
-        || controls.v.is_some_and(|v| v.needs_target_score());
+    let needs_score =
+        controls.u.needs_target_score() || controls.v.is_some_and(|v| v.needs_target_score());
     let mut x = x0.detach();
     let mut r = Tensor::zeros([n], opts_t);
     if method.form == RndForm::TimeReversal && mode.prior_term() {
@@ -190,7 +190,11 @@ pub fn simulate_on(
         let dt = grid.dt(k);
         let sigma = method.sde.sigma(t);
         let a = method.sde.drift_coef(t);
-        let xk = if mode.grad_through_x() { x.shallow_clone() } else { x.detach() };
+        let xk = if mode.grad_through_x() {
+            x.shallow_clone()
+        } else {
+            x.detach()
+        };
         let score = needs_score.then(|| target.score(&xk));
         // Inference control with its x-graph for the divergence (bridge).
         let (xin, v, div) = match controls.v {
@@ -218,7 +222,11 @@ pub fn simulate_on(
             None => (xk.shallow_clone(), None, None),
         };
         let u = controls.u.eval(t, &xin, score.as_ref());
-        let w = if mode.grad_through_x() { u.shallow_clone() } else { u.detach() };
+        let w = if mode.grad_through_x() {
+            u.shallow_clone()
+        } else {
+            u.detach()
+        };
         let xi = Tensor::randn([n, d], opts_t);
         match method.form {
             RndForm::Reference { .. } => {
@@ -354,8 +362,11 @@ pub fn replay_lv(
             .repeat_interleave_self_int(n, Some(0), None)
             .unsqueeze(1)
     };
-    let sum_per_traj =
-        |per_row: Tensor| -> Tensor { per_row.reshape([steps, n]).sum_dim_intlist([0i64].as_slice(), false, per_row.kind()) };
+    let sum_per_traj = |per_row: Tensor| -> Tensor {
+        per_row
+            .reshape([steps, n])
+            .sum_dim_intlist([0i64].as_slice(), false, per_row.kind())
+    };
     let _ = d;
     let scores = rec.scores.as_ref();
     match method.form {

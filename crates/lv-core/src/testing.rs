@@ -53,7 +53,10 @@ impl<T: Target> Target for NanAbove<T> {
     fn log_density(&self, x: &Tensor) -> Tensor {
         let lp = self.inner.log_density(x);
         let bad = x.select(1, 0).gt(self.threshold);
-        lp.where_self(&bad.logical_not(), &Tensor::full([], f64::NAN, (lp.kind(), lp.device())))
+        lp.where_self(
+            &bad.logical_not(),
+            &Tensor::full([], f64::NAN, (lp.kind(), lp.device())),
+        )
     }
     fn log_z(&self) -> Option<f64> {
         None
@@ -96,6 +99,10 @@ impl crate::control::Control for LinearControl {
         self.use_score
     }
     fn parameters(&self) -> Vec<Tensor> {
-        vec![self.w.shallow_clone(), self.b.shallow_clone(), self.c.shallow_clone()]
+        vec![
+            self.w.shallow_clone(),
+            self.b.shallow_clone(),
+            self.c.shallow_clone(),
+        ]
     }
 }

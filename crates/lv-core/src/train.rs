@@ -161,16 +161,18 @@ impl<'a> Trainer<'a> {
                 None => groups[0].params.extend(p),
             }
         }
-        let log_z = (loss == LossKind::Moment).then(|| {
-            Tensor::zeros([], (Kind::Float, device)).set_requires_grad(true)
-        });
+        let log_z = (loss == LossKind::Moment)
+            .then(|| Tensor::zeros([], (Kind::Float, device)).set_requires_grad(true));
         if let Some(c) = &log_z {
             groups.push(ParamGroup {
                 params: vec![c.shallow_clone()],
                 lr: settings.lr_log_z,
             });
         }
-        let params: Vec<Tensor> = groups.iter().flat_map(|g| g.params.iter().map(Tensor::shallow_clone)).collect();
+        let params: Vec<Tensor> = groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(Tensor::shallow_clone))
+            .collect();
         let mut controls = controls;
         controls.div = match settings.div {
             DivModeSetting::Exact => DivMode::Exact,
@@ -229,15 +231,17 @@ impl<'a> Trainer<'a> {
         };
         let n_eff = x0.size()[0] as u64;
         let steps = self.method.grid.steps() as u64;
-        let score_evals = if self.controls.u.needs_target_score() { steps } else { 0 };
+        let score_evals = if self.controls.u.needs_target_score() {
+            steps
+        } else {
+            0
+        };
         self.counters.target_evals += n_eff * (score_evals + 1);
         let mut opts = SimOptions::new(self.loss.mode());
         opts.noise_scale = self.noise_scale();
         let rnd = if self.loss.detached() && self.settings.replay {
             opts.record = true;
-            let out = tch::no_grad(|| {
-                simulate(self.method, self.target, self.controls, &x0, opts)
-            });
+            let out = tch::no_grad(|| simulate(self.method, self.target, self.controls, &x0, opts));
             let rec = out.recording.expect("recording requested");
             replay_lv(self.method, &self.method.grid, self.controls, &rec)
         } else {

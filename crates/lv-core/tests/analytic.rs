@@ -30,12 +30,27 @@ fn pis_reference_target_is_exact_for_any_grid() {
     let _g = lock();
     tch::manual_seed(1);
     let c = 1.7;
-    let target = ScaledGauss { dim: 3, mean: 0.0, std: 1.0, log_z: c };
+    let target = ScaledGauss {
+        dim: 3,
+        mean: 0.0,
+        std: 1.0,
+        log_z: c,
+    };
     for steps in [1, 7, 50] {
         let m = Method::pis(steps).unwrap();
         let x0 = m.prior.sample(256, 3, CPU);
-        let out = simulate(&m, &target, Controls::new(&ZeroControl), &x0, SimOptions::new(Mode::Lv));
-        assert!(rnd_var(&out.rnd) < 1e-8, "steps {steps}: var {}", rnd_var(&out.rnd));
+        let out = simulate(
+            &m,
+            &target,
+            Controls::new(&ZeroControl),
+            &x0,
+            SimOptions::new(Mode::Lv),
+        );
+        assert!(
+            rnd_var(&out.rnd) < 1e-8,
+            "steps {steps}: var {}",
+            rnd_var(&out.rnd)
+        );
         assert!((out.rnd.mean(Kind::Float).double_value(&[]) + c).abs() < 1e-4);
         let ev = evaluate(&m, &target, Controls::new(&ZeroControl), 512, 200, CPU).estimates;
         assert!((ev.log_z_is - c).abs() < 1e-4, "log Z IS {}", ev.log_z_is);
@@ -58,16 +73,28 @@ fn pis_gaussian_optimal_control() {
     let _g = lock();
     tch::manual_seed(2);
     let (m, s2, c): (f64, f64, f64) = (1.0, 0.5, -0.8);
-    let target = ScaledGauss { dim: 2, mean: m, std: s2.sqrt(), log_z: c };
+    let target = ScaledGauss {
+        dim: 2,
+        mean: m,
+        std: s2.sqrt(),
+        log_z: c,
+    };
     let mut lvs = Vec::new();
     for steps in [25, 100, 400] {
         let meth = Method::pis(steps).unwrap();
         let u = FnControl(pis_optimal(0.2f64.sqrt(), 5.0, m, s2));
         let ev = evaluate(&meth, &target, Controls::new(&u), 4000, 4000, CPU).estimates;
         lvs.push(ev.lv);
-        assert!((ev.log_z_is - c).abs() < 0.02, "steps {steps}: log Z IS {}", ev.log_z_is);
+        assert!(
+            (ev.log_z_is - c).abs() < 0.02,
+            "steps {steps}: log Z IS {}",
+            ev.log_z_is
+        );
     }
-    assert!(lvs[0] > lvs[1] && lvs[1] > lvs[2], "LV must shrink with the grid: {lvs:?}");
+    assert!(
+        lvs[0] > lvs[1] && lvs[1] > lvs[2],
+        "LV must shrink with the grid: {lvs:?}"
+    );
     assert!(lvs[2] < 2e-3, "{lvs:?}");
     // A perturbed control: LV > 0 clearly, and the ELBO is below log Z.
     let meth = Method::pis(100).unwrap();
@@ -88,7 +115,12 @@ fn dis_gaussian_optimal_control() {
     let _g = lock();
     tch::manual_seed(3);
     let (s2, c): (f64, f64) = (2.0, 0.6);
-    let target = ScaledGauss { dim: 2, mean: 0.0, std: s2.sqrt(), log_z: c };
+    let target = ScaledGauss {
+        dim: 2,
+        mean: 0.0,
+        std: s2.sqrt(),
+        log_z: c,
+    };
     let mut lvs = Vec::new();
     for steps in [100, 400, 1600] {
         let meth = Method::dis(steps).unwrap();
@@ -103,10 +135,17 @@ fn dis_gaussian_optimal_control() {
         lvs.push(ev.lv);
         // The VP schedule (β up to 10) makes the Euler error of DIS large: LV ∝ 1/N
         // (measured: 0.30, 0.074, 0.018 for N = 100, 400, 1600).
-        assert!((ev.log_z_is - c).abs() < 0.05, "steps {steps}: log Z IS {}", ev.log_z_is);
+        assert!(
+            (ev.log_z_is - c).abs() < 0.05,
+            "steps {steps}: log Z IS {}",
+            ev.log_z_is
+        );
         assert!(ev.log_z_elbo <= c + 0.02);
     }
-    assert!(lvs[0] > 2.5 * lvs[1] && lvs[1] > 2.5 * lvs[2], "LV must shrink ∝ 1/N: {lvs:?}");
+    assert!(
+        lvs[0] > 2.5 * lvs[1] && lvs[1] > 2.5 * lvs[2],
+        "LV must shrink ∝ 1/N: {lvs:?}"
+    );
     assert!(lvs[2] < 0.03, "{lvs:?}");
     let meth = Method::dis(100).unwrap();
     let bad = FnControl(|_t: f64, x: &Tensor| x.ones_like() * 0.7);
@@ -118,8 +157,17 @@ fn dis_gaussian_optimal_control() {
 #[test]
 fn replay_gradient_equals_step_by_step() {
     let _g = lock();
-    let target = ScaledGauss { dim: 3, mean: 0.5, std: 1.2, log_z: 0.0 };
-    for meth in [Method::pis(20).unwrap(), Method::dis(20).unwrap(), Method::dds(20).unwrap()] {
+    let target = ScaledGauss {
+        dim: 3,
+        mean: 0.5,
+        std: 1.2,
+        log_z: 0.0,
+    };
+    for meth in [
+        Method::pis(20).unwrap(),
+        Method::dis(20).unwrap(),
+        Method::dds(20).unwrap(),
+    ] {
         for use_score in [false, true] {
             tch::manual_seed(11);
             let ctrl = LinearControl::new(3, use_score);
@@ -135,8 +183,14 @@ fn replay_gradient_equals_step_by_step() {
                 let mut o = SimOptions::new(Mode::Lv);
                 let r = if replay {
                     o.record = true;
-                    let out = tch::no_grad(|| simulate(&meth, &target, Controls::new(&ctrl), &x0, o));
-                    replay_lv(&meth, &meth.grid, Controls::new(&ctrl), &out.recording.unwrap())
+                    let out =
+                        tch::no_grad(|| simulate(&meth, &target, Controls::new(&ctrl), &x0, o));
+                    replay_lv(
+                        &meth,
+                        &meth.grid,
+                        Controls::new(&ctrl),
+                        &out.recording.unwrap(),
+                    )
                 } else {
                     simulate(&meth, &target, Controls::new(&ctrl), &x0, o).rnd
                 };
@@ -146,8 +200,13 @@ fn replay_gradient_equals_step_by_step() {
             let a = grads(false);
             let b = grads(true);
             for (ga, gb) in a.iter().zip(&b) {
-                let rel = (ga - gb).norm().double_value(&[]) / ga.norm().double_value(&[]).max(1e-12);
-                assert!(rel < 1e-5, "{:?} score {use_score}: relative gradient difference {rel}", meth.kind);
+                let rel =
+                    (ga - gb).norm().double_value(&[]) / ga.norm().double_value(&[]).max(1e-12);
+                assert!(
+                    rel < 1e-5,
+                    "{:?} score {use_score}: relative gradient difference {rel}",
+                    meth.kind
+                );
             }
         }
     }
@@ -159,22 +218,53 @@ fn replay_gradient_equals_step_by_step() {
 fn nan_targets_are_filtered_and_skipped() {
     let _g = lock();
     tch::manual_seed(4);
-    let inner = ScaledGauss { dim: 2, mean: 0.0, std: 1.0, log_z: 0.0 };
-    let target = NanAbove { inner: inner.clone(), threshold: 0.5 };
+    let inner = ScaledGauss {
+        dim: 2,
+        mean: 0.0,
+        std: 1.0,
+        log_z: 0.0,
+    };
+    let target = NanAbove {
+        inner: inner.clone(),
+        threshold: 0.5,
+    };
     let meth = Method::pis(10).unwrap();
     let ctrl = LinearControl::new(2, false);
-    let mut s = TrainSettings { steps: 3, batch: 128, ..TrainSettings::default() };
+    let mut s = TrainSettings {
+        steps: 3,
+        batch: 128,
+        ..TrainSettings::default()
+    };
     s.replay = true;
-    let mut tr = Trainer::new(&meth, &target, Controls::new(&ctrl), LossKind::Lv, s.clone(), CPU, None);
+    let mut tr = Trainer::new(
+        &meth,
+        &target,
+        Controls::new(&ctrl),
+        LossKind::Lv,
+        s.clone(),
+        CPU,
+        None,
+    );
     let st = tr.step(&mut ());
     assert!(!st.skipped, "a partly-NaN batch is filtered, not skipped");
     assert!(st.kept < 128.0 && st.kept > 0.0);
     assert!(tr.counters.filtered > 0);
     assert!(st.loss.is_finite());
     // NaN everywhere: the loss is NaN, the step is skipped, nothing panics, parameters stay.
-    let all_nan = NanAbove { inner, threshold: -1e30 };
+    let all_nan = NanAbove {
+        inner,
+        threshold: -1e30,
+    };
     let before = ctrl.w.copy();
-    let mut tr = Trainer::new(&meth, &all_nan, Controls::new(&ctrl), LossKind::Kl, s, CPU, None);
+    let mut tr = Trainer::new(
+        &meth,
+        &all_nan,
+        Controls::new(&ctrl),
+        LossKind::Kl,
+        s,
+        CPU,
+        None,
+    );
     for _ in 0..2 {
         let st = tr.step(&mut ());
         assert!(st.skipped);
@@ -189,11 +279,30 @@ fn nan_targets_are_filtered_and_skipped() {
 fn training_reduces_the_loss() {
     let _g = lock();
     tch::manual_seed(6);
-    let target = ScaledGauss { dim: 2, mean: 1.0, std: 0.7, log_z: 0.0 };
+    let target = ScaledGauss {
+        dim: 2,
+        mean: 1.0,
+        std: 0.7,
+        log_z: 0.0,
+    };
     let meth = Method::pis(20).unwrap();
     let ctrl = LinearControl::new(2, true);
-    let s = TrainSettings { steps: 150, batch: 256, lr: 2e-2, lr_schedule: None, ..TrainSettings::default() };
-    let mut tr = Trainer::new(&meth, &target, Controls::new(&ctrl), LossKind::Lv, s, CPU, None);
+    let s = TrainSettings {
+        steps: 150,
+        batch: 256,
+        lr: 2e-2,
+        lr_schedule: None,
+        ..TrainSettings::default()
+    };
+    let mut tr = Trainer::new(
+        &meth,
+        &target,
+        Controls::new(&ctrl),
+        LossKind::Lv,
+        s,
+        CPU,
+        None,
+    );
     let first: f64 = (0..5).map(|_| tr.step(&mut ()).loss).sum::<f64>() / 5.0;
     for _ in 0..140 {
         tr.step(&mut ());
@@ -201,4 +310,3 @@ fn training_reduces_the_loss() {
     let last: f64 = (0..5).map(|_| tr.step(&mut ()).loss).sum::<f64>() / 5.0;
     assert!(last < 0.5 * first, "LV loss {first} -> {last}");
 }
-

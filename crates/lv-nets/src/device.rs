@@ -140,7 +140,8 @@ pub fn loaded_libtorch_dir() -> Option<PathBuf> {
 pub fn libtorch_version(root: &Path) -> Result<String> {
     let bv = root.join("build-version");
     if bv.exists() {
-        let s = std::fs::read_to_string(&bv).with_context(|| format!("reading {}", bv.display()))?;
+        let s =
+            std::fs::read_to_string(&bv).with_context(|| format!("reading {}", bv.display()))?;
         return Ok(s.trim().to_string());
     }
     let vp = root.join("version.py");
@@ -162,22 +163,42 @@ mod tests {
         assert_eq!("CUDA".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda);
         assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
         let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
-        assert!(err.contains("tpu") && err.contains("cpu, cuda, auto"), "{err}");
+        assert!(
+            err.contains("tpu") && err.contains("cpu, cuda, auto"),
+            "{err}"
+        );
     }
 
     #[test]
     fn selection_without_gpu() {
-        assert_eq!(select_device_with(DeviceChoice::Cpu, 0).unwrap(), Device::Cpu);
-        assert_eq!(select_device_with(DeviceChoice::Auto, 0).unwrap(), Device::Cpu);
-        let err = select_device_with(DeviceChoice::Cuda, 0).unwrap_err().to_string();
+        assert_eq!(
+            select_device_with(DeviceChoice::Cpu, 0).unwrap(),
+            Device::Cpu
+        );
+        assert_eq!(
+            select_device_with(DeviceChoice::Auto, 0).unwrap(),
+            Device::Cpu
+        );
+        let err = select_device_with(DeviceChoice::Cuda, 0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no CUDA device"), "{err}");
     }
 
     #[test]
     fn selection_with_gpu() {
-        assert_eq!(select_device_with(DeviceChoice::Auto, 2).unwrap(), Device::Cuda(0));
-        assert_eq!(select_device_with(DeviceChoice::Cuda, 1).unwrap(), Device::Cuda(0));
-        assert_eq!(select_device_with(DeviceChoice::Cpu, 1).unwrap(), Device::Cpu);
+        assert_eq!(
+            select_device_with(DeviceChoice::Auto, 2).unwrap(),
+            Device::Cuda(0)
+        );
+        assert_eq!(
+            select_device_with(DeviceChoice::Cuda, 1).unwrap(),
+            Device::Cuda(0)
+        );
+        assert_eq!(
+            select_device_with(DeviceChoice::Cpu, 1).unwrap(),
+            Device::Cpu
+        );
     }
 
     #[test]
@@ -204,7 +225,10 @@ mod tests {
         let dir = loaded_libtorch_dir().expect("libtorch mapped");
         if dir.join("libtorch_cuda.so").exists() {
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-            assert!(maps.contains("libtorch_cuda.so"), "libtorch_cuda.so is not loaded");
+            assert!(
+                maps.contains("libtorch_cuda.so"),
+                "libtorch_cuda.so is not loaded"
+            );
         }
     }
 }
