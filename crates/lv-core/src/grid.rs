@@ -11,7 +11,7 @@ pub struct TimeGrid {
 impl TimeGrid {
     /// Uniform grid with `n` steps on [0, `t_end`].
     pub fn uniform(t_end: f64, n: usize) -> Result<Self> {
-        if n == 0 || !(t_end > 0.0) || !t_end.is_finite() {
+        if n == 0 || t_end.is_nan() || t_end <= 0.0 || !t_end.is_finite() {
             bail!("a uniform grid needs n ≥ 1 steps and a finite T > 0 (got n = {n}, T = {t_end})");
         }
         Ok(Self {
@@ -49,7 +49,11 @@ impl TimeGrid {
 
     /// A grid from explicit points (strictly increasing, starting at 0).
     pub fn from_points(t: Vec<f64>) -> Result<Self> {
-        if t.len() < 2 || t[0] != 0.0 || t.windows(2).any(|w| !(w[1] > w[0])) {
+        if t.len() < 2
+            || t[0] != 0.0
+            || t.windows(2)
+                .any(|w| w[1].partial_cmp(&w[0]) != Some(std::cmp::Ordering::Greater))
+        {
             bail!("a time grid must start at 0 and be strictly increasing with ≥ 2 points");
         }
         Ok(Self { t })

@@ -82,13 +82,14 @@ impl Adam {
             for (g, slots) in self.groups.iter().zip(self.slots.iter_mut()) {
                 let lr = g.lr * self.lr_factor;
                 for (p, s) in g.params.iter().zip(slots.iter_mut()) {
-                    let mut grad = p.grad();
-                    if !grad.defined() {
-                        grad = p.zeros_like();
-                    }
-                    if self.weight_decay != 0.0 {
-                        grad = grad + p * self.weight_decay;
-                    }
+                    let grad = p.grad();
+                    let grad = if grad.defined() { grad } else { p.zeros_like() };
+                    // Coupled L2 (a new tensor: the stored gradient is left untouched).
+                    let grad = if self.weight_decay != 0.0 {
+                        grad + p * self.weight_decay
+                    } else {
+                        grad
+                    };
                     let _ =
                         s.m.g_mul_scalar_(self.beta1)
                             .g_add_(&(&grad * (1.0 - self.beta1)));

@@ -128,7 +128,7 @@ fn dis_gaussian_optimal_control() {
         let u = FnControl(move |t: f64, x: &Tensor| {
             let tau = 1.0 - t;
             let b = 0.1 * tau + 4.95 * tau * tau;
-            let v = s2 * (-b as f64).exp() + 1.0 - (-b as f64).exp();
+            let v = s2 * (-b).exp() + 1.0 - (-b).exp();
             x * (-sde.sigma(t) / v)
         });
         let ev = evaluate(&meth, &target, Controls::new(&u), 4000, 4000, CPU).estimates;
