@@ -4,9 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lv_nets::{select_device, set_threads, DeviceChoice, RuntimeInfo};
 
+mod bench_step;
 mod cli_metrics;
 mod cli_targets;
 mod config;
+mod plots;
 mod run;
 mod smoke;
 
@@ -18,14 +20,16 @@ mod smoke;
 )]
 struct Cli {
     /// Device: cpu, cuda or auto (the first GPU if libtorch sees one, else the CPU).
-    #[arg(long, global = true, default_value = "cpu")]
-    device: DeviceChoice,
-    /// libtorch intra-op threads (0 = libtorch's default). On small CPUs 1 is often fastest.
-    #[arg(long, global = true, default_value_t = 1)]
-    threads: usize,
-    /// Seed for torch's generator and the Rust RNG.
-    #[arg(long, global = true, default_value_t = 1)]
-    seed: u64,
+    /// Default: cpu, or the run config's `device`; when given, it overrides the config.
+    #[arg(long, global = true)]
+    device: Option<DeviceChoice>,
+    /// libtorch intra-op threads (0 = libtorch's default; default 1: on small CPUs
+    /// libtorch's default threading is many times slower). Overrides the config's `threads`.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Seed for torch's generator and the Rust RNG (default 1). Overrides the config's `seed`.
+    #[arg(long, global = true)]
+    seed: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -42,9 +46,15 @@ enum Cmd {
     },
     /// Train a sampler from a TOML config (or resume a run).
     Train(run::TrainArgs),
+    /// Evaluate a trained run again: log Z (IS, ELBO), ESS and sample metrics.
+    Eval(run::EvalArgs),
+    /// Draw samples from a trained run (EMA weights) into a .npy file.
+    Sample(run::SampleArgs),
     /// Sample metrics between a model sample A and a reference sample B (W2, Sinkhorn in
     /// both conventions, MMD, geometric W2 for particle systems).
     Metrics(cli_metrics::MetricsArgs),
+    /// Measure training steps per second of a configuration (used by `cargo xtask bench`).
+    BenchStep(bench_step::BenchStepArgs),
     /// End-to-end smoke job used by `cargo xtask reproduce-table` until the table
     /// reproduction lands: it reproduces nothing.
     Reproduce(smoke::SmokeArgs),
@@ -59,22 +69,31 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    set_threads(cli.threads);
-    tch::manual_seed(cli.seed as i64);
-    let device = select_device(cli.device)?;
+    let seed = cli.seed.unwrap_or(1);
+    set_threads(cli.threads.unwrap_or(1));
+    tch::manual_seed(seed as i64);
+    let choice = cli.device.unwrap_or_default();
+    let device = select_device(choice)?;
+    let overrides = run::Overrides {
+        device: cli.device,
+        threads: cli.threads,
+        seed: cli.seed,
+    };
     match cli.cmd {
         Cmd::Doctor => {
             print!("{}", RuntimeInfo::collect().render());
-            println!("device        : {device:?} (--device {})", cli.device);
+            println!("device        : {device:?} (--device {choice})");
         }
         Cmd::Targets { json } => cli_targets::run(json)?,
         Cmd::Train(args) => {
-            let seed = (cli.seed != 1).then_some(cli.seed);
-            let dir = run::train(&args, seed)?;
+            let dir = run::train(&args, &overrides)?;
             eprintln!("run folder: {}", dir.display());
         }
-        Cmd::Metrics(args) => cli_metrics::run(&args, cli.seed)?,
-        Cmd::Reproduce(args) => smoke::run(&args, device, cli.seed)?,
+        Cmd::Eval(args) => run::eval(&args, &overrides)?,
+        Cmd::Sample(args) => run::sample(&args, &overrides)?,
+        Cmd::Metrics(args) => cli_metrics::run(&args, seed)?,
+        Cmd::BenchStep(args) => bench_step::run(&args, &overrides)?,
+        Cmd::Reproduce(args) => smoke::run(&args, &overrides)?,
     }
     Ok(())
 }

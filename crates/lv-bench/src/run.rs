@@ -141,19 +141,42 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// Global flags that override a run config when given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub device: Option<lv_nets::DeviceChoice>,
+    pub threads: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, cfg: &mut RunConfig) {
+        if let Some(d) = self.device {
+            cfg.device = d;
+        }
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+    }
+}
+
 /// `lv train`.
-pub fn train(args: &TrainArgs, seed_override: Option<u64>) -> Result<PathBuf> {
+pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
     let (cfg, dir, resume) = match &args.resume {
         Some(dir) => {
-            let cfg = RunConfig::load(&dir.join("config.toml"), &args.set)?;
+            let mut cfg = RunConfig::load(&dir.join("config.toml"), &args.set)?;
+            // Only device and threads may change on resume (the seed fixes the noises).
+            cfg.device = ov.device.unwrap_or(cfg.device);
+            cfg.threads = ov.threads.unwrap_or(cfg.threads);
             (cfg, dir.clone(), true)
         }
         None => {
             let path = args.config.as_ref().expect("clap requires --config");
             let mut cfg = RunConfig::load(path, &args.set)?;
-            if let Some(s) = seed_override {
-                cfg.seed = s;
-            }
+            ov.apply(&mut cfg);
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from(format!(
                     "runs/{}-{}-{}-seed{}",
@@ -186,10 +209,7 @@ fn train_built(
     quiet: bool,
 ) -> Result<()> {
     let cfg = &res.cfg;
-    let controls = match &b.v {
-        Some(v) => Controls::with_v(b.u.as_ref(), v.as_ref()),
-        None => Controls::new(b.u.as_ref()),
-    };
+    let controls = controls_of(b);
     let mut settings = cfg.train.clone();
     // The batch of lv_traj is B·K; the trainer draws B = batch / K initial points.
     settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
@@ -291,7 +311,11 @@ fn train_built(
     seconds += t0.elapsed().as_secs_f64();
     bar.finish();
     drop(metrics);
-    let results = final_eval(res, b, &trainer, &mut ema, dir, seconds)?;
+    let counters = trainer.counters.clone();
+    drop(trainer);
+    ema.swap_in();
+    let results = evaluate_run(res, b, dir, seconds, &counters)?;
+    ema.swap_out();
     if !quiet {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
@@ -412,27 +436,44 @@ pub fn reference_samples(target: &dyn Target, n: usize) -> Option<Result<Array2<
         .map(|r| r.and_then(|t| to_array(&t)))
 }
 
-fn final_eval(
+fn controls_of(b: &Built) -> Controls<'_> {
+    match &b.v {
+        Some(v) => Controls::with_v(b.u.as_ref(), v.as_ref()),
+        None => Controls::new(b.u.as_ref()),
+    }
+}
+
+/// The final evaluation of a run with the weights currently in the VarStore (the caller
+/// swaps the EMA weights in): log Z (IS, ELBO), ESS, sample metrics; writes results.json
+/// and samples.npy.
+fn evaluate_run(
     res: &Resolved,
     b: &Built,
-    trainer: &Trainer<'_>,
-    ema: &mut Ema,
     dir: &Path,
     seconds: f64,
+    counters: &Counters,
 ) -> Result<serde_json::Value> {
     let cfg = &res.cfg;
     tch::manual_seed(step_seed(cfg.seed, usize::MAX >> 1));
-    let (ev, samples) = ema.with_shadow(|| trainer.evaluate(cfg.eval.n, cfg.eval.chunk));
+    let out = lv_core::estimate::evaluate(
+        &b.method,
+        b.target.as_ref(),
+        controls_of(b),
+        cfg.eval.n,
+        cfg.eval.chunk,
+        b.device,
+    );
+    let (ev, samples) = (out.estimates, out.samples);
     let x = to_array(&samples)?;
     ndarray_npy::write_npy(dir.join("samples.npy"), &x.mapv(|v| v as f32))
         .with_context(|| format!("writing {}", dir.join("samples.npy").display()))?;
     let mut out = serde_json::json!({
         "method": cfg.method, "loss": cfg.loss, "target": cfg.target, "seed": cfg.seed,
-        "steps": trainer.counters.step, "batch": cfg.train.batch, "grid_steps": b.method.grid.steps(),
+        "steps": counters.step, "batch": cfg.train.batch, "grid_steps": b.method.grid.steps(),
         "log_z_is": ev.log_z_is, "log_z_elbo": ev.log_z_elbo, "log_z_lb_ito": ev.log_z_lb_ito,
         "ess": ev.ess, "lv": ev.lv, "eval_n": ev.n, "eval_non_finite": ev.non_finite,
-        "seconds": seconds, "skipped_steps": trainer.counters.skipped,
-        "filtered_samples": trainer.counters.filtered, "target_evals": trainer.counters.target_evals,
+        "seconds": seconds, "skipped_steps": counters.skipped,
+        "filtered_samples": counters.filtered, "target_evals": counters.target_evals,
     });
     let o = out.as_object_mut().expect("object");
     let log_z = b.target.log_z();
@@ -480,4 +521,87 @@ fn final_eval(
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
     Ok(out)
+}
+
+/// Arguments of `lv eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The run folder.
+    pub run: PathBuf,
+    /// Override a key of the run's config (e.g. `eval.n=20000`); training keys are ignored.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+}
+
+/// Arguments of `lv sample`.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// The run folder.
+    pub run: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Output file (.npy, float32 [n, d]).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Loads a finished or interrupted run with its EMA weights in the model.
+fn open_run(dir: &Path, set: &[String], ov: &Overrides) -> Result<(Resolved, Built, CheckpointMeta)> {
+    let mut cfg = RunConfig::load(&dir.join("config.toml"), set)?;
+    cfg.device = ov.device.unwrap_or(cfg.device);
+    cfg.threads = ov.threads.unwrap_or(cfg.threads);
+    let res = cfg.validate()?;
+    lv_nets::set_threads(res.cfg.threads);
+    let built = build(&res)?;
+    let meta_path = dir.join("checkpoint.json");
+    let meta: CheckpointMeta = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("{} has no checkpoint ({})", dir.display(), meta_path.display()))?,
+    )
+    .with_context(|| format!("reading {}", meta_path.display()))?;
+    let tensors = load_tensors(dir.join("checkpoint.safetensors"))?;
+    let ema: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix("ema.").map(|s| (s.to_string(), t.shallow_clone())))
+        .collect();
+    lv_nets::checkpoint::load_into_var_store(&built.vs, &ema).context("loading the EMA weights")?;
+    Ok((res, built, meta))
+}
+
+/// `lv eval RUN`: evaluates the run's EMA weights again and rewrites results.json.
+pub fn eval(args: &EvalArgs, ov: &Overrides) -> Result<()> {
+    let (res, built, meta) = open_run(&args.run, &args.set, ov)?;
+    let results = evaluate_run(&res, &built, &args.run, meta.seconds, &meta.counters)?;
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    Ok(())
+}
+
+/// `lv sample RUN -n N --out FILE.npy`.
+pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
+    let (res, built, _) = open_run(&args.run, &[], ov)?;
+    tch::manual_seed(ov.seed.unwrap_or(res.cfg.seed) as i64);
+    let d = built.target.dim() as i64;
+    let mut parts = Vec::new();
+    let mut done = 0;
+    while done < args.n {
+        let m = (args.n - done).min(res.cfg.eval.chunk) as i64;
+        let x0 = built.method.prior.sample(m, d, built.device);
+        let out = tch::no_grad(|| {
+            lv_core::sim::simulate(
+                &built.method,
+                built.target.as_ref(),
+                controls_of(&built),
+                &x0,
+                lv_core::sim::SimOptions::new(lv_core::sim::Mode::EvalNoIto),
+            )
+        });
+        parts.push(out.x_final.to_device(Device::Cpu));
+        done += m as usize;
+    }
+    let x = to_array(&Tensor::cat(&parts, 0))?;
+    ndarray_npy::write_npy(&args.out, &x.mapv(|v| v as f32))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} samples of dimension {} to {}", args.n, d, args.out.display());
+    Ok(())
 }

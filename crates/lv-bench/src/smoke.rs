@@ -2,11 +2,10 @@
 //! It trains PIS with KL and with LV on `gmm9` at a tiny budget and prints what it got.
 //! It reproduces no published number.
 
-use crate::run::{train, TrainArgs};
+use crate::run::{train, Overrides, TrainArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use tch::Device;
 
 #[derive(Args, Debug)]
 pub struct SmokeArgs {
@@ -18,7 +17,8 @@ pub struct SmokeArgs {
     pub out: PathBuf,
 }
 
-pub fn run(args: &SmokeArgs, _device: Device, seed: u64) -> Result<()> {
+pub fn run(args: &SmokeArgs, ov: &Overrides) -> Result<()> {
+    let seed = ov.seed.unwrap_or(1);
     println!(
         "NOTE: the table reproduction is not implemented yet. This is an end-to-end smoke job \
          (PIS on gmm9, KL vs LV, {} steps): it reproduces nothing.",
@@ -41,7 +41,7 @@ pub fn run(args: &SmokeArgs, _device: Device, seed: u64) -> Result<()> {
             stop_after: None,
             quiet: true,
         };
-        train(&targs, Some(seed))?;
+        train(&targs, ov)?;
         let res: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join("results.json")).context("reading results.json")?,
         )?;
