@@ -10,7 +10,7 @@ mod cli_targets;
 mod config;
 mod plots;
 mod run;
-mod smoke;
+mod tables;
 
 #[derive(Parser)]
 #[command(
@@ -55,9 +55,8 @@ enum Cmd {
     Metrics(cli_metrics::MetricsArgs),
     /// Measure training steps per second of a configuration (used by `cargo xtask bench`).
     BenchStep(bench_step::BenchStepArgs),
-    /// End-to-end smoke job used by `cargo xtask reproduce-table` until the table
-    /// reproduction lands: it reproduces nothing.
-    Reproduce(smoke::SmokeArgs),
+    /// Reproduce a benchmark table (`cargo xtask reproduce-table` runs this).
+    Reproduce(tables::ReproduceArgs),
 }
 
 fn main() {
@@ -93,7 +92,7 @@ fn run() -> Result<()> {
         Cmd::Sample(args) => run::sample(&args, &overrides)?,
         Cmd::Metrics(args) => cli_metrics::run(&args, seed)?,
         Cmd::BenchStep(args) => bench_step::run(&args, &overrides)?,
-        Cmd::Reproduce(args) => smoke::run(&args, &overrides)?,
+        Cmd::Reproduce(args) => tables::run(&args, &overrides)?,
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! resumed from a checkpoint draws exactly the noises of an uninterrupted one.
 
 use crate::config::{Resolved, RunConfig};
+
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lv_core::estimate::Evaluation;
@@ -520,7 +521,44 @@ fn evaluate_run(
         &dir.join("results.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
+    write_plots(cfg, b, &x, dir)?;
     Ok(out)
+}
+
+/// The sample plot (`samples.png`: density and samples for 2-D targets, first two marginals
+/// against the reference otherwise) and the training curves (`curves.png`).
+fn write_plots(cfg: &RunConfig, b: &Built, x: &Array2<f64>, dir: &Path) -> Result<()> {
+    let title = format!("{}-{}-{} seed {}", cfg.method, cfg.loss, cfg.target, cfg.seed);
+    let dom = b.target.domain();
+    if dom.len() >= 2 {
+        let domain = [dom[0], dom[1]];
+        if b.target.dim() == 2 {
+            let target = b.target.as_ref();
+            let log_density = |g: &Array2<f64>| -> Vec<f64> {
+                let flat: Vec<f64> = g.iter().cloned().collect();
+                let t = Tensor::from_slice(&flat)
+                    .view([g.nrows() as i64, 2])
+                    .to_kind(Kind::Float)
+                    .to_device(b.device);
+                let lp = tch::no_grad(|| target.log_density(&t))
+                    .to_kind(Kind::Double)
+                    .to_device(Device::Cpu);
+                Vec::<f64>::try_from(&lp).unwrap_or_default()
+            };
+            crate::plots::plot_samples_2d(&dir.join("samples.png"), x, &log_density, domain, &title)?;
+        } else {
+            let reference = match reference_samples(b.target.as_ref(), 2000) {
+                Some(r) => Some(r?),
+                None => None,
+            };
+            crate::plots::plot_marginals(&dir.join("samples.png"), x, reference.as_ref(), domain, &title)?;
+        }
+    }
+    let metrics = dir.join("metrics.jsonl");
+    if metrics.exists() {
+        crate::plots::plot_curves(&dir.join("curves.png"), &metrics)?;
+    }
+    Ok(())
 }
 
 /// Arguments of `lv eval`.

@@ -1,0 +1,521 @@
+//! `lv reproduce`: runs a table specification (data in `configs/tables/<table>.toml`) at a
+//! preset (`configs/<preset>/<method>-<loss>-<target>.toml`) over several seeds, and writes
+//!
+//! ```text
+//! results/<table>/<preset>/<method>-<loss>-<target>-seed<s>/   one run folder per (row, seed)
+//! results/<table>/summary.json, summary.csv                     one object per (row, seed)
+//! docs/results/<table>-<preset>.md                              medians, spread, published values
+//! ```
+//!
+//! Rows run as child processes (`lv train`), `--jobs` at a time. A row whose run folder
+//! holds a `results.json` computed from the same resolved configuration (SHA-256 of the
+//! resolved TOML, stored in `config.sha256`) is skipped; an interrupted row resumes from
+//! its checkpoint. `--force` recomputes.
+
+use crate::config::RunConfig;
+use crate::run::{write_atomic, Overrides};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A table specification.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    pub name: String,
+    pub title: String,
+    /// Where the published numbers come from.
+    pub source: String,
+    /// Result keys shown in the markdown table (results.json keys).
+    pub metrics: Vec<String>,
+    pub rows: Vec<RowSpec>,
+}
+
+/// One row: a (method, loss, target) cell with the published values beside it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowSpec {
+    pub method: String,
+    pub loss: String,
+    pub target: String,
+    /// Metric convention note shown in the table.
+    #[serde(default)]
+    pub note: String,
+    /// Published value of this cell (LV paper or the benchmark's LV number), by metric key.
+    #[serde(default)]
+    pub published: BTreeMap<String, f64>,
+    /// Best published peer: method name and value, by metric key.
+    #[serde(default)]
+    pub peer: Option<Peer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub name: String,
+    pub metric: String,
+    pub value: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// Table specification: `paper` or `benchmarks` (configs/tables/<table>.toml).
+    #[arg(long, default_value = "paper")]
+    pub table: String,
+    /// Preset: `quick` (CPU, minutes) or `paper` (the paper's hyper-parameters, for a GPU).
+    #[arg(long, default_value = "quick")]
+    pub preset: String,
+    /// Seeds, comma-separated (default: 1,2,3 for quick, 1..5 for paper).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+    /// Only rows whose `<method>-<loss>-<target>` contains one of these strings.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Option<Vec<String>>,
+    /// Rows trained at the same time (child processes, one libtorch thread each).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Recompute rows that already have results.
+    #[arg(long)]
+    pub force: bool,
+    /// Results folder.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Markdown output folder.
+    #[arg(long, default_value = "docs/results")]
+    pub docs: PathBuf,
+    /// Write a Slurm job-array script (and the collect command) into this folder instead of
+    /// running.
+    #[arg(long)]
+    pub emit_slurm: Option<PathBuf>,
+    /// Only collect existing results into the summary and the markdown table.
+    #[arg(long)]
+    pub collect_only: bool,
+}
+
+/// The repository root (configs live there).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// One (row, seed) job.
+struct Job {
+    key: String,
+    seed: u64,
+    config: PathBuf,
+    dir: PathBuf,
+    hash: String,
+    steps: usize,
+}
+
+fn row_key(r: &RowSpec) -> String {
+    format!("{}-{}-{}", r.method, r.loss, r.target)
+}
+
+/// Loads `configs/tables/<table>.toml`.
+pub fn load_table(table: &str) -> Result<TableSpec> {
+    let path = repo_root().join("configs/tables").join(format!("{table}.toml"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("unknown table `{table}`: cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("table specification {}", path.display()))
+}
+
+fn resolved_hash(cfg: &RunConfig) -> Result<String> {
+    let text = toml::to_string(cfg)?;
+    Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+}
+
+fn plan(args: &ReproduceArgs, spec: &TableSpec) -> Result<Vec<Job>> {
+    let seeds = args.seeds.clone().unwrap_or_else(|| {
+        if args.preset == "paper" {
+            vec![1, 2, 3, 4, 5]
+        } else {
+            vec![1, 2, 3]
+        }
+    });
+    let mut jobs = Vec::new();
+    for r in &spec.rows {
+        let key = row_key(r);
+        if let Some(filter) = &args.rows {
+            if !filter.iter().any(|f| key.contains(f.as_str())) {
+                continue;
+            }
+        }
+        let config = repo_root()
+            .join("configs")
+            .join(&args.preset)
+            .join(format!("{key}.toml"));
+        if !config.exists() {
+            bail!("row `{key}` has no config for preset `{}`: {} is missing", args.preset, config.display());
+        }
+        for &seed in &seeds {
+            let mut cfg = RunConfig::load(&config, &[])?;
+            cfg.seed = seed;
+            let steps = cfg.train.steps;
+            cfg.clone().validate().with_context(|| format!("row `{key}`"))?;
+            let dir = args
+                .out
+                .join(&spec.name)
+                .join(&args.preset)
+                .join(format!("{key}-seed{seed}"));
+            jobs.push(Job {
+                key: key.clone(),
+                seed,
+                config: config.clone(),
+                dir,
+                hash: resolved_hash(&cfg)?,
+                steps,
+            });
+        }
+    }
+    if jobs.is_empty() {
+        bail!("no rows selected");
+    }
+    Ok(jobs)
+}
+
+fn is_done(job: &Job) -> bool {
+    job.dir.join("results.json").exists()
+        && std::fs::read_to_string(job.dir.join("config.sha256")).ok().as_deref() == Some(job.hash.as_str())
+}
+
+fn spawn(job: &Job, ov: &Overrides) -> Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    let resumable = job.dir.join("checkpoint.json").exists()
+        && std::fs::read_to_string(job.dir.join("config.sha256")).ok().as_deref() == Some(job.hash.as_str());
+    if resumable {
+        cmd.arg("train").arg("--resume").arg(&job.dir);
+    } else {
+        if job.dir.exists() {
+            std::fs::remove_dir_all(&job.dir)
+                .with_context(|| format!("clearing stale run folder {}", job.dir.display()))?;
+        }
+        std::fs::create_dir_all(&job.dir)?;
+        write_atomic(&job.dir.join("config.sha256"), job.hash.as_bytes())?;
+        cmd.arg("train")
+            .arg("--config")
+            .arg(&job.config)
+            .arg("--out")
+            .arg(&job.dir)
+            .arg("--set")
+            .arg(format!("seed={}", job.seed));
+    }
+    if let Some(d) = ov.device {
+        cmd.arg("--device").arg(d.to_string());
+    }
+    cmd.arg("--threads").arg(ov.threads.unwrap_or(1).to_string());
+    cmd.arg("--quiet");
+    let log = std::fs::File::create(job.dir.join("train.log"))?;
+    cmd.stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
+    cmd.spawn().context("starting `lv train`")
+}
+
+fn last_step(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+        })
+        .unwrap_or(0)
+}
+
+/// `lv reproduce`.
+pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
+    let spec = load_table(&args.table)?;
+    let jobs = plan(args, &spec)?;
+    if let Some(dir) = &args.emit_slurm {
+        return emit_slurm(dir, args, &jobs);
+    }
+    let t0 = Instant::now();
+    if !args.collect_only {
+        let mp = MultiProgress::new();
+        let overall = mp.add(ProgressBar::new(jobs.len() as u64));
+        overall.set_style(ProgressStyle::with_template("rows {bar:30} {pos}/{len} [{elapsed_precise}] {msg}")?);
+        let row_style = ProgressStyle::with_template("  {prefix:28} {bar:30} {pos}/{len} {msg}")?;
+        let mut pending: Vec<&Job> = Vec::new();
+        for j in &jobs {
+            if !args.force && is_done(j) {
+                overall.inc(1);
+            } else {
+                if args.force {
+                    let _ = std::fs::remove_dir_all(&j.dir);
+                }
+                pending.push(j);
+            }
+        }
+        overall.set_message(format!("{} already done", jobs.len() - pending.len()));
+        let mut running: Vec<(&Job, Child, ProgressBar)> = Vec::new();
+        let mut failures = Vec::new();
+        let mut queue = pending.into_iter();
+        loop {
+            while running.len() < args.jobs.max(1) {
+                let Some(j) = queue.next() else { break };
+                let child = spawn(j, ov)?;
+                let bar = mp.add(ProgressBar::new(j.steps as u64));
+                bar.set_style(row_style.clone());
+                bar.set_prefix(format!("{} s{}", j.key, j.seed));
+                running.push((j, child, bar));
+            }
+            if running.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let mut i = 0;
+            while i < running.len() {
+                let (j, child, bar) = &mut running[i];
+                bar.set_position(last_step(&j.dir));
+                if let Some(status) = child.try_wait()? {
+                    bar.finish_and_clear();
+                    if !status.success() || !j.dir.join("results.json").exists() {
+                        failures.push(format!("{} seed {} ({status}; see {})", j.key, j.seed, j.dir.join("train.log").display()));
+                    }
+                    overall.inc(1);
+                    running.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        overall.finish();
+        if !failures.is_empty() {
+            bail!("{} row(s) failed: {}", failures.len(), failures.join("; "));
+        }
+    }
+    let summary = collect(&spec, args, &jobs)?;
+    let md = render_markdown(&spec, args, &jobs, &summary, t0.elapsed().as_secs_f64())?;
+    std::fs::create_dir_all(&args.docs)?;
+    let panels: Vec<(String, PathBuf)> = spec
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let key = row_key(r);
+            let j = jobs.iter().find(|j| j.key == key)?;
+            let p = j.dir.join("samples.png");
+            p.exists().then(|| (format!("{key} (seed {})", j.seed), p))
+        })
+        .collect();
+    if !panels.is_empty() {
+        let png = args.docs.join(format!("{}-{}.png", spec.name, args.preset));
+        crate::plots::plot_grid(&png, &panels)?;
+    }
+    let md_path = args.docs.join(format!("{}-{}.md", spec.name, args.preset));
+    write_atomic(&md_path, md.as_bytes())?;
+    println!("{md}");
+    eprintln!(
+        "wall time {:.0} s; table written to {}",
+        t0.elapsed().as_secs_f64(),
+        md_path.display()
+    );
+    Ok(())
+}
+
+/// Reads every job's results.json into `results/<table>/summary.{json,csv}`.
+fn collect(spec: &TableSpec, args: &ReproduceArgs, jobs: &[Job]) -> Result<Vec<serde_json::Value>> {
+    let mut all = Vec::new();
+    for j in jobs {
+        let p = j.dir.join("results.json");
+        let text = std::fs::read_to_string(&p).with_context(|| format!("missing results {}", p.display()))?;
+        let mut v: serde_json::Value = serde_json::from_str(&text)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("preset".into(), args.preset.clone().into());
+            o.insert("row".into(), j.key.clone().into());
+            o.remove("mode_coverage").map(|c| o.insert("mode_coverage_fraction".into(), c["fraction"].clone()));
+        }
+        all.push(v);
+    }
+    let dir = args.out.join(&spec.name);
+    std::fs::create_dir_all(&dir)?;
+    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&all)?.as_bytes())?;
+    // CSV with the union of keys (scalars only).
+    let mut keys: Vec<String> = Vec::new();
+    for v in &all {
+        for (k, x) in v.as_object().into_iter().flatten() {
+            if !x.is_object() && !x.is_array() && !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+    }
+    let mut csv = keys.join(",") + "\n";
+    for v in &all {
+        let row: Vec<String> = keys
+            .iter()
+            .map(|k| match &v[k] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                x => x.to_string(),
+            })
+            .collect();
+        csv += &(row.join(",") + "\n");
+    }
+    write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+    Ok(all)
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) })
+}
+
+fn fmt(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 1000.0 || x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn render_markdown(
+    spec: &TableSpec,
+    args: &ReproduceArgs,
+    jobs: &[Job],
+    summary: &[serde_json::Value],
+    wall: f64,
+) -> Result<String> {
+    let mut out = format!("# {} — preset `{}`\n\n", spec.title, args.preset);
+    // Preset settings from the first config of each row.
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(repo_root())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
+    let seeds: Vec<String> = {
+        let mut s: Vec<u64> = jobs.iter().map(|j| j.seed).collect();
+        s.sort();
+        s.dedup();
+        s.iter().map(u64::to_string).collect()
+    };
+    out += &format!(
+        "Generated by `cargo xtask reproduce-table --table {} --preset {}` at git revision `{}`; \
+         seeds {}; wall time of this invocation {:.0} s (rows already computed are reused).\n\n",
+        spec.name,
+        args.preset,
+        rev.trim(),
+        seeds.join(", "),
+        wall
+    );
+    out += "Settings per row (from the preset's config files):\n\n| row | batch | grid steps | train steps | lr | exploration λ₀ (steps) | eval n |\n|---|---|---|---|---|---|---|\n";
+    let mut seen = Vec::new();
+    for j in jobs {
+        if seen.contains(&j.key) {
+            continue;
+        }
+        seen.push(j.key.clone());
+        let c = RunConfig::load(&j.config, &[])?;
+        let explore = if c.train.explore_scale > 1.0 {
+            format!("{} ({})", c.train.explore_scale, c.train.explore_steps)
+        } else {
+            "none".into()
+        };
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            j.key, c.train.batch, c.sde.steps, c.train.steps, c.train.lr, explore, c.eval.n
+        );
+    }
+    out += &format!(
+        "\nOurs: median over seeds, with [min, max] below. Published values: {}.\n\n",
+        spec.source
+    );
+    let mut header = "| method | loss | target |".to_string();
+    let mut rule = "|---|---|---|".to_string();
+    for m in &spec.metrics {
+        header += &format!(" {m} |");
+        rule += "---|";
+    }
+    header += " published | best peer | note |\n";
+    rule += "---|---|---|\n";
+    out += &header;
+    out += &rule;
+    for r in &spec.rows {
+        let key = row_key(r);
+        let rows: Vec<&serde_json::Value> = summary
+            .iter()
+            .filter(|v| v["row"] == key.as_str())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut line = format!("| {} | {} | {} |", r.method, r.loss, r.target);
+        for m in &spec.metrics {
+            let vals: Vec<f64> = rows.iter().filter_map(|v| v[m].as_f64()).collect();
+            match median(vals.clone()) {
+                Some(med) => {
+                    let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
+                    let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    line += &format!(" {} <br>[{}, {}] |", fmt(med), fmt(lo), fmt(hi));
+                }
+                None => line += " – |",
+            }
+        }
+        let published: Vec<String> = r.published.iter().map(|(k, v)| format!("{k} {}", fmt(*v))).collect();
+        line += &format!(" {} |", if published.is_empty() { "–".into() } else { published.join(", ") });
+        line += &match &r.peer {
+            Some(p) => format!(" {}: {} {} |", p.name, p.metric, fmt(p.value)),
+            None => " – |".into(),
+        };
+        line += &format!(" {} |\n", r.note);
+        out += &line;
+    }
+    out += "\nKeys: `log_z_error_is` = |log Ẑ_IS − log Z| (importance sampling, with Itô term), \
+            `log_z_error_elbo` = |ELBO − log Z| (second pass, no Itô term), `ess` = normalised ESS, \
+            `avg_marginal_stddev` = mean_k |ŝ_k − s_k| against exact samples, `sinkhorn_sde` = the \
+            sde_sampler convention (Euclidean cost, ε = 1e-3, 100 iterations) on the number of samples \
+            in the config's `eval.n_sinkhorn_sde`, not the paper's 1e5.\n";
+    Ok(out)
+}
+
+fn emit_slurm(dir: &Path, args: &ReproduceArgs, jobs: &[Job]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut list = String::new();
+    for j in jobs {
+        list += &format!(
+            "{} {} {}\n",
+            j.config.display(),
+            j.seed,
+            j.dir.display()
+        );
+    }
+    write_atomic(&dir.join("jobs.txt"), list.as_bytes())?;
+    let script = format!(
+        "#!/bin/bash\n#SBATCH --job-name=lv-{table}-{preset}\n#SBATCH --array=1-{n}\n#SBATCH --gres=gpu:1\n#SBATCH --cpus-per-task=4\n#SBATCH --time=24:00:00\n\
+         # One (row, seed) per array index; run from the repository root after `cargo xtask setup`\n\
+         # and `cargo build --release -p lv-bench`.\nset -euo pipefail\n\
+         line=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {jobs})\nread -r config seed out <<< \"$line\"\n\
+         mkdir -p \"$out\"\n\
+         if [ -f \"$out/checkpoint.json\" ]; then\n  ./target/release/lv --device auto train --resume \"$out\" --quiet\nelse\n  ./target/release/lv --device auto train --config \"$config\" --set seed=$seed --out \"$out\" --quiet\nfi\n",
+        table = args.table,
+        preset = args.preset,
+        n = jobs.len(),
+        jobs = dir.join("jobs.txt").display()
+    );
+    write_atomic(&dir.join("job.sbatch"), script.as_bytes())?;
+    let collect = format!(
+        "#!/bin/bash\n# After the array finishes: build the summary and the markdown table.\n./target/release/lv reproduce --table {} --preset {} --collect-only\n",
+        args.table, args.preset
+    );
+    write_atomic(&dir.join("collect.sh"), collect.as_bytes())?;
+    println!(
+        "wrote {} ({} array tasks), {} and {}",
+        dir.join("job.sbatch").display(),
+        jobs.len(),
+        dir.join("jobs.txt").display(),
+        dir.join("collect.sh").display()
+    );
+    Ok(())
+}
