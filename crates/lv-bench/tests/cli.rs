@@ -1,0 +1,164 @@
+//! End-to-end tests of the `lv` binary on tiny configurations (CPU).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn lv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lv"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lv-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const TINY: &str = r#"
+target = "gmm9"
+method = "pis"
+loss = "lv"
+seed = 7
+checkpoint_every = 2
+log_every = 1
+[sde]
+steps = 5
+[train]
+steps = 6
+batch = 16
+explore_scale = 1.5
+explore_steps = 4
+[model.mlp]
+width = 16
+[ema]
+last_steps = 3
+[eval]
+n = 64
+chunk = 64
+every = 3
+n_during = 32
+n_metrics = 32
+n_sinkhorn_sde = 32
+"#;
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn model_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = tch::Tensor::read_safetensors(run.join("checkpoint.safetensors")).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("model.") || k.starts_with("ema."))
+        .map(|(k, t)| {
+            let f = t.to_kind(tch::Kind::Float).view([-1]);
+            (k, Vec::<f32>::try_from(&f).unwrap())
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn interrupted_and_resumed_run_equals_uninterrupted() {
+    let dir = tmp("resume");
+    let cfg = write_config(&dir, TINY);
+    let a = dir.join("a");
+    let b = dir.join("b");
+    let st = lv().args(["train", "--quiet", "--config"]).arg(&cfg).arg("--out").arg(&a).status().unwrap();
+    assert!(st.success());
+    let st = lv()
+        .args(["train", "--quiet", "--stop-after", "3", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!b.join("results.json").exists(), "the interrupted run must not have finished");
+    let st = lv().args(["train", "--quiet", "--resume"]).arg(&b).status().unwrap();
+    assert!(st.success());
+    let (ta, tb) = (model_tensors(&a), model_tensors(&b));
+    assert!(!ta.is_empty());
+    assert_eq!(ta.len(), tb.len());
+    for ((ka, va), (kb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "tensor {ka} differs after resuming");
+    }
+    for f in ["config.toml", "metrics.jsonl", "results.json", "samples.npy", "samples.png", "curves.png"] {
+        assert!(b.join(f).exists(), "missing {f}");
+    }
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("results.json")).unwrap()).unwrap();
+    for k in [
+        "log_z_is", "log_z_elbo", "log_z_error_is", "log_z_error_elbo", "ess", "seconds",
+        "skipped_steps", "filtered_samples", "w2", "sinkhorn_sde", "sinkhorn_div", "mmd_median",
+    ] {
+        assert!(!res[k].is_null(), "results.json lacks `{k}`");
+    }
+    // lv eval and lv sample on the finished run.
+    let st = lv().arg("eval").arg(&b).args(["--set", "eval.n=32"]).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let npy = dir.join("s.npy");
+    let st = lv().arg("sample").arg(&b).args(["-n", "10", "--out"]).arg(&npy).status().unwrap();
+    assert!(st.success());
+    let arr: ndarray::Array2<f32> = ndarray_npy::read_npy(&npy).unwrap();
+    assert_eq!(arr.dim(), (10, 2));
+}
+
+#[test]
+fn bad_configurations_fail_before_training() {
+    let dir = tmp("bad");
+    let cfg = write_config(&dir, TINY);
+    for (set, needle) in [
+        ("train.stepz=3", "stepz"),
+        ("target=nowhere", "nowhere"),
+        ("method=mcmc", "mcmc"),
+        ("dim=3", "dimension 3"),
+        ("train.batch=\"x\"", "invalid type"),
+    ] {
+        let out = lv()
+            .args(["train", "--quiet", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(dir.join("r"))
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{set}: error does not name `{needle}`: {err}");
+        assert!(!dir.join("r").join("checkpoint.json").exists(), "{set}: training started");
+    }
+    let out = lv().args(["--device", "cuda", "doctor"]).output().unwrap();
+    if tch::Cuda::device_count() == 0 {
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no CUDA device"));
+    }
+}
+
+#[test]
+fn metrics_command_reads_files_and_reports_bad_input() {
+    let dir = tmp("metrics");
+    let a = dir.join("a.csv");
+    let b = dir.join("b.csv");
+    let rows = |shift: f64| -> String {
+        (0..40).map(|i| format!("{},{}\n", i as f64 * 0.1 + shift, (i % 7) as f64)).collect()
+    };
+    std::fs::write(&a, format!("x,y\n{}", rows(0.5))).unwrap();
+    std::fs::write(&b, rows(0.0)).unwrap();
+    let out = lv().arg("metrics").arg(&a).arg(&b).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((v["w2"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{v}");
+    for k in ["sinkhorn_sde", "sinkhorn_div", "mmd_median", "mmd_unbiased"] {
+        assert!(v[k].is_number(), "{k} missing: {v}");
+    }
+    std::fs::write(&b, "1,2\n3,nan\n").unwrap();
+    let out = lv().arg("metrics").arg(&a).arg(&b).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("b.csv") && err.to_lowercase().contains("nan"), "{err}");
+}
