@@ -23,7 +23,8 @@ pub mod sim;
 pub mod target;
 pub mod testing;
 pub mod train;
+pub mod ula;
 
 pub use control::{Control, FnControl, ZeroControl};
 pub use method::{Method, MethodKind, RndForm};
-pub use target::{check_batch, checked_log_density, ExactSampler, Target};
+pub use target::{check_batch, checked_log_density, CountingTarget, ExactSampler, Target};

@@ -107,3 +107,90 @@ pub fn autograd_grad_in_graph(y: &Tensor, x: &Tensor) -> Tensor {
     let g = Tensor::run_backward(&[y.sum(Kind::Float)], &[x], true, true);
     g.into_iter().next().expect("one gradient")
 }
+
+/// Wraps a target and counts evaluations of log ρ and of the score, per sample, so that
+/// "same number of target evaluations" comparisons come for free.
+pub struct CountingTarget<T> {
+    pub inner: T,
+    density_evals: std::sync::atomic::AtomicU64,
+    score_evals: std::sync::atomic::AtomicU64,
+}
+
+impl<T: Target> CountingTarget<T> {
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            density_evals: 0.into(),
+            score_evals: 0.into(),
+        }
+    }
+    /// (log ρ evaluations, score evaluations), counted per sample.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.density_evals.load(Relaxed),
+            self.score_evals.load(Relaxed),
+        )
+    }
+}
+
+impl<T: Target> Target for CountingTarget<T> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        self.density_evals
+            .fetch_add(x.size()[0] as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.log_density(x)
+    }
+    fn score(&self, x: &Tensor) -> Tensor {
+        self.score_evals
+            .fetch_add(x.size()[0] as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.score(x)
+    }
+    fn score_in_graph(&self) -> bool {
+        self.inner.score_in_graph()
+    }
+    fn log_z(&self) -> Option<f64> {
+        self.inner.log_z()
+    }
+    fn domain(&self) -> Vec<(f64, f64)> {
+        self.inner.domain()
+    }
+    fn sampler(&self) -> Option<&dyn ExactSampler> {
+        self.inner.sampler()
+    }
+    fn reference_samples(&self) -> Option<Result<Tensor>> {
+        self.inner.reference_samples()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::ScaledGauss;
+
+    #[test]
+    fn counting_wrapper_counts_per_sample() {
+        let t = CountingTarget::new(ScaledGauss {
+            dim: 2,
+            mean: 0.0,
+            std: 1.0,
+            log_z: 0.0,
+        });
+        let x = Tensor::zeros([5, 2], (Kind::Float, Device::Cpu));
+        let _ = t.log_density(&x);
+        let _ = t.score(&x);
+        let _ = t.score(&x);
+        assert_eq!(t.counts(), (5, 10));
+        let bad = Tensor::zeros([5, 3], (Kind::Float, Device::Cpu));
+        let e = checked_log_density(&t, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("dimension 2") && e.contains("dimension 3"),
+            "{e}"
+        );
+    }
+}
