@@ -67,7 +67,13 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
     let cfg = write_config(&dir, TINY);
     let a = dir.join("a");
     let b = dir.join("b");
-    let st = lv().args(["train", "--quiet", "--config"]).arg(&cfg).arg("--out").arg(&a).status().unwrap();
+    let st = lv()
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&a)
+        .status()
+        .unwrap();
     assert!(st.success());
     let st = lv()
         .args(["train", "--quiet", "--stop-after", "3", "--config"])
@@ -77,8 +83,15 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
         .status()
         .unwrap();
     assert!(st.success());
-    assert!(!b.join("results.json").exists(), "the interrupted run must not have finished");
-    let st = lv().args(["train", "--quiet", "--resume"]).arg(&b).status().unwrap();
+    assert!(
+        !b.join("results.json").exists(),
+        "the interrupted run must not have finished"
+    );
+    let st = lv()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&b)
+        .status()
+        .unwrap();
     assert!(st.success());
     let (ta, tb) = (model_tensors(&a), model_tensors(&b));
     assert!(!ta.is_empty());
@@ -87,22 +100,54 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
         assert_eq!(ka, kb);
         assert_eq!(va, vb, "tensor {ka} differs after resuming");
     }
-    for f in ["config.toml", "metrics.jsonl", "results.json", "samples.npy", "samples.png", "curves.png"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "results.json",
+        "samples.npy",
+        "samples.png",
+        "curves.png",
+    ] {
         assert!(b.join(f).exists(), "missing {f}");
     }
     let res: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(b.join("results.json")).unwrap()).unwrap();
     for k in [
-        "log_z_is", "log_z_elbo", "log_z_error_is", "log_z_error_elbo", "ess", "seconds",
-        "skipped_steps", "filtered_samples", "w2", "sinkhorn_sde", "sinkhorn_div", "mmd_median",
+        "log_z_is",
+        "log_z_elbo",
+        "log_z_error_is",
+        "log_z_error_elbo",
+        "ess",
+        "seconds",
+        "skipped_steps",
+        "filtered_samples",
+        "w2",
+        "sinkhorn_sde",
+        "sinkhorn_div",
+        "mmd_median",
     ] {
         assert!(!res[k].is_null(), "results.json lacks `{k}`");
     }
     // lv eval and lv sample on the finished run.
-    let st = lv().arg("eval").arg(&b).args(["--set", "eval.n=32"]).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = lv()
+        .arg("eval")
+        .arg(&b)
+        .args(["--set", "eval.n=32"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let npy = dir.join("s.npy");
-    let st = lv().arg("sample").arg(&b).args(["-n", "10", "--out"]).arg(&npy).status().unwrap();
+    let st = lv()
+        .arg("sample")
+        .arg(&b)
+        .args(["-n", "10", "--out"])
+        .arg(&npy)
+        .status()
+        .unwrap();
     assert!(st.success());
     let arr: ndarray::Array2<f32> = ndarray_npy::read_npy(&npy).unwrap();
     assert_eq!(arr.dim(), (10, 2));
@@ -129,8 +174,14 @@ fn bad_configurations_fail_before_training() {
             .unwrap();
         assert!(!out.status.success(), "{set} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{set}: error does not name `{needle}`: {err}");
-        assert!(!dir.join("r").join("checkpoint.json").exists(), "{set}: training started");
+        assert!(
+            err.contains(needle),
+            "{set}: error does not name `{needle}`: {err}"
+        );
+        assert!(
+            !dir.join("r").join("checkpoint.json").exists(),
+            "{set}: training started"
+        );
     }
     let out = lv().args(["--device", "cuda", "doctor"]).output().unwrap();
     if tch::Cuda::device_count() == 0 {
@@ -145,12 +196,24 @@ fn metrics_command_reads_files_and_reports_bad_input() {
     let a = dir.join("a.csv");
     let b = dir.join("b.csv");
     let rows = |shift: f64| -> String {
-        (0..40).map(|i| format!("{},{}\n", i as f64 * 0.1 + shift, (i % 7) as f64)).collect()
+        (0..40)
+            .map(|i| format!("{},{}\n", i as f64 * 0.1 + shift, (i % 7) as f64))
+            .collect()
     };
     std::fs::write(&a, format!("x,y\n{}", rows(0.5))).unwrap();
     std::fs::write(&b, rows(0.0)).unwrap();
-    let out = lv().arg("metrics").arg(&a).arg(&b).arg("--json").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lv()
+        .arg("metrics")
+        .arg(&a)
+        .arg(&b)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!((v["w2"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{v}");
     for k in ["sinkhorn_sde", "sinkhorn_div", "mmd_median", "mmd_unbiased"] {
@@ -160,5 +223,48 @@ fn metrics_command_reads_files_and_reports_bad_input() {
     let out = lv().arg("metrics").arg(&a).arg(&b).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("b.csv") && err.to_lowercase().contains("nan"), "{err}");
+    assert!(
+        err.contains("b.csv") && err.to_lowercase().contains("nan"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigkill_mid_run_then_resume_completes() {
+    let dir = tmp("kill");
+    let cfg = write_config(&dir, &TINY.replace("steps = 6\nbatch", "steps = 400\nbatch"));
+    let run = dir.join("r");
+    let mut child = lv()
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .spawn()
+        .unwrap();
+    // Wait for a few checkpoints, then SIGKILL (Child::kill sends SIGKILL on Unix).
+    let t0 = std::time::Instant::now();
+    loop {
+        let step = std::fs::read_to_string(run.join("checkpoint.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["counters"]["step"].as_u64())
+            .unwrap_or(0);
+        if step >= 6 || t0.elapsed().as_secs() > 60 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run.join("results.json").exists(), "the run finished before it was killed");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap()).unwrap();
+    let at_kill = meta["counters"]["step"].as_u64().unwrap();
+    assert!(at_kill >= 2);
+    let st = lv().args(["train", "--quiet", "--resume"]).arg(&run).status().unwrap();
+    assert!(st.success());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(meta["counters"]["step"].as_u64().unwrap(), 400);
+    assert!(run.join("results.json").exists());
 }
