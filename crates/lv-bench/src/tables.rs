@@ -119,7 +119,9 @@ fn row_key(r: &RowSpec) -> String {
 
 /// Loads `configs/tables/<table>.toml`.
 pub fn load_table(table: &str) -> Result<TableSpec> {
-    let path = repo_root().join("configs/tables").join(format!("{table}.toml"));
+    let path = repo_root()
+        .join("configs/tables")
+        .join(format!("{table}.toml"));
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("unknown table `{table}`: cannot read {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("table specification {}", path.display()))
@@ -151,13 +153,19 @@ fn plan(args: &ReproduceArgs, spec: &TableSpec) -> Result<Vec<Job>> {
             .join(&args.preset)
             .join(format!("{key}.toml"));
         if !config.exists() {
-            bail!("row `{key}` has no config for preset `{}`: {} is missing", args.preset, config.display());
+            bail!(
+                "row `{key}` has no config for preset `{}`: {} is missing",
+                args.preset,
+                config.display()
+            );
         }
         for &seed in &seeds {
             let mut cfg = RunConfig::load(&config, &[])?;
             cfg.seed = seed;
             let steps = cfg.train.steps;
-            cfg.clone().validate().with_context(|| format!("row `{key}`"))?;
+            cfg.clone()
+                .validate()
+                .with_context(|| format!("row `{key}`"))?;
             let dir = args
                 .out
                 .join(&spec.name)
@@ -181,14 +189,19 @@ fn plan(args: &ReproduceArgs, spec: &TableSpec) -> Result<Vec<Job>> {
 
 fn is_done(job: &Job) -> bool {
     job.dir.join("results.json").exists()
-        && std::fs::read_to_string(job.dir.join("config.sha256")).ok().as_deref() == Some(job.hash.as_str())
+        && std::fs::read_to_string(job.dir.join("config.sha256"))
+            .ok()
+            .as_deref()
+            == Some(job.hash.as_str())
 }
 
 fn spawn(job: &Job, ov: &Overrides) -> Result<Child> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(self_exe()?);
     let resumable = job.dir.join("checkpoint.json").exists()
-        && std::fs::read_to_string(job.dir.join("config.sha256")).ok().as_deref() == Some(job.hash.as_str());
+        && std::fs::read_to_string(job.dir.join("config.sha256"))
+            .ok()
+            .as_deref()
+            == Some(job.hash.as_str());
     if resumable {
         cmd.arg("train").arg("--resume").arg(&job.dir);
     } else {
@@ -209,11 +222,24 @@ fn spawn(job: &Job, ov: &Overrides) -> Result<Child> {
     if let Some(d) = ov.device {
         cmd.arg("--device").arg(d.to_string());
     }
-    cmd.arg("--threads").arg(ov.threads.unwrap_or(1).to_string());
+    cmd.arg("--threads")
+        .arg(ov.threads.unwrap_or(1).to_string());
     cmd.arg("--quiet");
     let log = std::fs::File::create(job.dir.join("train.log"))?;
-    cmd.stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
+    cmd.stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
     cmd.spawn().context("starting `lv train`")
+}
+
+/// This binary's path. When the binary is rebuilt while a table runs, Linux reports the old
+/// inode as `… (deleted)`; the rebuilt binary at the same path is used then.
+fn self_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the lv binary")?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    })
 }
 
 fn last_step(dir: &Path) -> u64 {
@@ -238,7 +264,9 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
     if !args.collect_only {
         let mp = MultiProgress::new();
         let overall = mp.add(ProgressBar::new(jobs.len() as u64));
-        overall.set_style(ProgressStyle::with_template("rows {bar:30} {pos}/{len} [{elapsed_precise}] {msg}")?);
+        overall.set_style(ProgressStyle::with_template(
+            "rows {bar:30} {pos}/{len} [{elapsed_precise}] {msg}",
+        )?);
         let row_style = ProgressStyle::with_template("  {prefix:28} {bar:30} {pos}/{len} {msg}")?;
         let mut pending: Vec<&Job> = Vec::new();
         for j in &jobs {
@@ -275,7 +303,12 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
                 if let Some(status) = child.try_wait()? {
                     bar.finish_and_clear();
                     if !status.success() || !j.dir.join("results.json").exists() {
-                        failures.push(format!("{} seed {} ({status}; see {})", j.key, j.seed, j.dir.join("train.log").display()));
+                        failures.push(format!(
+                            "{} seed {} ({status}; see {})",
+                            j.key,
+                            j.seed,
+                            j.dir.join("train.log").display()
+                        ));
                     }
                     overall.inc(1);
                     running.remove(i);
@@ -322,18 +355,23 @@ fn collect(spec: &TableSpec, args: &ReproduceArgs, jobs: &[Job]) -> Result<Vec<s
     let mut all = Vec::new();
     for j in jobs {
         let p = j.dir.join("results.json");
-        let text = std::fs::read_to_string(&p).with_context(|| format!("missing results {}", p.display()))?;
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("missing results {}", p.display()))?;
         let mut v: serde_json::Value = serde_json::from_str(&text)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("preset".into(), args.preset.clone().into());
             o.insert("row".into(), j.key.clone().into());
-            o.remove("mode_coverage").map(|c| o.insert("mode_coverage_fraction".into(), c["fraction"].clone()));
+            o.remove("mode_coverage")
+                .map(|c| o.insert("mode_coverage_fraction".into(), c["fraction"].clone()));
         }
         all.push(v);
     }
     let dir = args.out.join(&spec.name);
     std::fs::create_dir_all(&dir)?;
-    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&all)?.as_bytes())?;
+    write_atomic(
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )?;
     // CSV with the union of keys (scalars only).
     let mut keys: Vec<String> = Vec::new();
     for v in &all {
@@ -366,7 +404,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    })
 }
 
 fn fmt(x: f64) -> String {
@@ -463,8 +505,19 @@ fn render_markdown(
                 None => line += " – |",
             }
         }
-        let published: Vec<String> = r.published.iter().map(|(k, v)| format!("{k} {}", fmt(*v))).collect();
-        line += &format!(" {} |", if published.is_empty() { "–".into() } else { published.join(", ") });
+        let published: Vec<String> = r
+            .published
+            .iter()
+            .map(|(k, v)| format!("{k} {}", fmt(*v)))
+            .collect();
+        line += &format!(
+            " {} |",
+            if published.is_empty() {
+                "–".into()
+            } else {
+                published.join(", ")
+            }
+        );
         line += &match &r.peer {
             Some(p) => format!(" {}: {} {} |", p.name, p.metric, fmt(p.value)),
             None => " – |".into(),
@@ -484,12 +537,7 @@ fn emit_slurm(dir: &Path, args: &ReproduceArgs, jobs: &[Job]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut list = String::new();
     for j in jobs {
-        list += &format!(
-            "{} {} {}\n",
-            j.config.display(),
-            j.seed,
-            j.dir.display()
-        );
+        list += &format!("{} {} {}\n", j.config.display(), j.seed, j.dir.display());
     }
     write_atomic(&dir.join("jobs.txt"), list.as_bytes())?;
     let script = format!(
