@@ -100,7 +100,8 @@ pub struct ReproduceArgs {
 
 /// The repository root (configs live there).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    p.canonicalize().unwrap_or(p)
 }
 
 /// One (row, seed) job.
