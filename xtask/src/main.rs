@@ -2,6 +2,7 @@
 //!
 //! Depends on no tch crate: it must run before libtorch exists, and it is what installs it.
 
+mod bench;
 mod libtorch;
 
 use anyhow::{bail, Context, Result};
@@ -28,6 +29,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Training steps/s of `lv bench-step` on the standard configurations; with `--compare`
+    /// also of the PyTorch baseline (benches/baselines/pytorch_step.py), with the ratio.
+    Bench(bench::BenchArgs),
     /// Reproduce the benchmark tables (see the README).
     ReproduceTable {
         /// Extra arguments passed to `lv reproduce` (for example `--preset quick`).
@@ -68,6 +72,10 @@ fn run() -> Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             cargo(&root, &a)?;
+        }
+        Cmd::Bench(args) => {
+            libtorch::ensure(&root)?;
+            bench::run(&root, &args)?;
         }
         Cmd::ReproduceTable { args } => {
             libtorch::ensure(&root)?;

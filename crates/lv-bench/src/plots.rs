@@ -4,7 +4,6 @@
 //! Everything here is plain Rust (plotters + image); no tch. Text is drawn with DejaVu Sans,
 //! compiled into the binary (`assets/DejaVuSans.ttf`), so no font is read from the system.
 
-
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -528,7 +528,10 @@ fn evaluate_run(
 /// The sample plot (`samples.png`: density and samples for 2-D targets, first two marginals
 /// against the reference otherwise) and the training curves (`curves.png`).
 fn write_plots(cfg: &RunConfig, b: &Built, x: &Array2<f64>, dir: &Path) -> Result<()> {
-    let title = format!("{}-{}-{} seed {}", cfg.method, cfg.loss, cfg.target, cfg.seed);
+    let title = format!(
+        "{}-{}-{} seed {}",
+        cfg.method, cfg.loss, cfg.target, cfg.seed
+    );
     let dom = b.target.domain();
     if dom.len() >= 2 {
         let domain = [dom[0], dom[1]];
@@ -545,13 +548,25 @@ fn write_plots(cfg: &RunConfig, b: &Built, x: &Array2<f64>, dir: &Path) -> Resul
                     .to_device(Device::Cpu);
                 Vec::<f64>::try_from(&lp).unwrap_or_default()
             };
-            crate::plots::plot_samples_2d(&dir.join("samples.png"), x, &log_density, domain, &title)?;
+            crate::plots::plot_samples_2d(
+                &dir.join("samples.png"),
+                x,
+                &log_density,
+                domain,
+                &title,
+            )?;
         } else {
             let reference = match reference_samples(b.target.as_ref(), 2000) {
                 Some(r) => Some(r?),
                 None => None,
             };
-            crate::plots::plot_marginals(&dir.join("samples.png"), x, reference.as_ref(), domain, &title)?;
+            crate::plots::plot_marginals(
+                &dir.join("samples.png"),
+                x,
+                reference.as_ref(),
+                domain,
+                &title,
+            )?;
         }
     }
     let metrics = dir.join("metrics.jsonl");
@@ -585,7 +600,11 @@ pub struct SampleArgs {
 }
 
 /// Loads a finished or interrupted run with its EMA weights in the model.
-fn open_run(dir: &Path, set: &[String], ov: &Overrides) -> Result<(Resolved, Built, CheckpointMeta)> {
+fn open_run(
+    dir: &Path,
+    set: &[String],
+    ov: &Overrides,
+) -> Result<(Resolved, Built, CheckpointMeta)> {
     let mut cfg = RunConfig::load(&dir.join("config.toml"), set)?;
     cfg.device = ov.device.unwrap_or(cfg.device);
     cfg.threads = ov.threads.unwrap_or(cfg.threads);
@@ -593,15 +612,22 @@ fn open_run(dir: &Path, set: &[String], ov: &Overrides) -> Result<(Resolved, Bui
     lv_nets::set_threads(res.cfg.threads);
     let built = build(&res)?;
     let meta_path = dir.join("checkpoint.json");
-    let meta: CheckpointMeta = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path)
-            .with_context(|| format!("{} has no checkpoint ({})", dir.display(), meta_path.display()))?,
-    )
-    .with_context(|| format!("reading {}", meta_path.display()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
+            format!(
+                "{} has no checkpoint ({})",
+                dir.display(),
+                meta_path.display()
+            )
+        })?)
+        .with_context(|| format!("reading {}", meta_path.display()))?;
     let tensors = load_tensors(dir.join("checkpoint.safetensors"))?;
     let ema: Vec<(String, Tensor)> = tensors
         .iter()
-        .filter_map(|(k, t)| k.strip_prefix("ema.").map(|s| (s.to_string(), t.shallow_clone())))
+        .filter_map(|(k, t)| {
+            k.strip_prefix("ema.")
+                .map(|s| (s.to_string(), t.shallow_clone()))
+        })
         .collect();
     lv_nets::checkpoint::load_into_var_store(&built.vs, &ema).context("loading the EMA weights")?;
     Ok((res, built, meta))
@@ -640,6 +666,11 @@ pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
     let x = to_array(&Tensor::cat(&parts, 0))?;
     ndarray_npy::write_npy(&args.out, &x.mapv(|v| v as f32))
         .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("wrote {} samples of dimension {} to {}", args.n, d, args.out.display());
+    eprintln!(
+        "wrote {} samples of dimension {} to {}",
+        args.n,
+        d,
+        args.out.display()
+    );
     Ok(())
 }

@@ -537,8 +537,11 @@ fn render_markdown(
 fn emit_slurm(dir: &Path, args: &ReproduceArgs, jobs: &[Job]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut list = String::new();
+    // Paths relative to the repository root, so the script works in any checkout.
+    let root = repo_root();
     for j in jobs {
-        list += &format!("{} {} {}\n", j.config.display(), j.seed, j.dir.display());
+        let config = j.config.strip_prefix(&root).unwrap_or(&j.config);
+        list += &format!("{} {} {}\n", config.display(), j.seed, j.dir.display());
     }
     write_atomic(&dir.join("jobs.txt"), list.as_bytes())?;
     let script = format!(

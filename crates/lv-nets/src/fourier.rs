@@ -228,7 +228,12 @@ impl FourierMlp {
     }
 
     fn trunk(&self, x: &Tensor, e: &Tensor) -> Tensor {
-        let mut h = self.input.forward(x) + e;
+        self.trunk_from(self.input.forward(x) + e)
+    }
+
+    /// The trunk after h_0 = Lin(x) + e_t.
+    fn trunk_from(&self, h0: Tensor) -> Tensor {
+        let mut h = h0;
         for l in &self.hidden {
             h = l.forward(&gelu(&h));
         }
@@ -243,7 +248,9 @@ impl FourierMlp {
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are
     /// evaluated at `ts[k]`. The time embedding is computed once per entry of `ts` (a
-    /// `[K, C]` matrix) and repeated (`repeat_interleave`) over the `n` rows of each block.
+    /// `[K, C]` matrix) and broadcast over the `n` rows of each block (a `[K, n, C]` view of
+    /// h_0), so no `[K·n, C]` copy of it is materialised, and its gradient is a plain sum
+    /// over the rows instead of the `index_add` of a `repeat_interleave` backward.
     pub fn forward_many(&self, ts: &[f64], x: &Tensor, n: i64) -> Tensor {
         let k = ts.len() as i64;
         assert_eq!(
@@ -254,10 +261,11 @@ impl FourierMlp {
             k,
             n
         );
-        let e = self
-            .time_embedding(&times_tensor(ts, self.device()))
-            .repeat_interleave_self_int(n, 0, k * n);
-        self.trunk(x, &e)
+        let e = self.time_embedding(&times_tensor(ts, self.device()));
+        let h = self.input.forward(x);
+        let c = h.size()[1];
+        let h0 = (h.view([k, n, c]) + e.unsqueeze(1)).view([k * n, c]);
+        self.trunk_from(h0)
     }
 
     /// NN with one time per row: `t: [n]` (or `[n, 1]`), `x: [n, d]`.
