@@ -124,13 +124,18 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     for _ in 0..args.warmup {
         one_step(&mut trainer);
     }
+    let c0 = cpu_seconds();
     let t0 = Instant::now();
     let mut loss = f64::NAN;
     for _ in 0..args.iters {
         loss = one_step(&mut trainer);
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(c0).map(|(b, a)| b - a);
     let steps_per_s = args.iters as f64 / secs;
+    // Steps per CPU-second of the whole process: robust to other load on a shared machine
+    // (with one thread it approximates the steps/s of an idle machine).
+    let cpu_steps_per_s = cpu.filter(|&c| c > 0.0).map(|c| args.iters as f64 / c);
     let parts = if args.breakdown {
         Some(breakdown(&mut trainer, args.iters.min(5)))
     } else {
@@ -152,6 +157,8 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "replay": !args.no_replay,
             "replay_chunk": args.replay_chunk,
             "seconds": secs,
+            "cpu_seconds": cpu,
+            "cpu_steps_per_s": cpu_steps_per_s,
             "torch_threads": tch::get_num_threads(),
             "last_loss": loss,
         });
@@ -390,4 +397,16 @@ fn check_chunked(tr: &mut Trainer<'_>, chunk: usize) -> f64 {
     tr.adam.zero_grad();
     let diff = (&g_chunk - &g_full).abs().max().double_value(&[]);
     diff / g_full.abs().max().double_value(&[]).max(1e-30)
+}
+
+/// User + system CPU time of this process (all threads), from `/proc/self/stat`
+/// (Linux; clock ticks of 1/100 s). `None` where unavailable.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `rest` starts at field 3.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

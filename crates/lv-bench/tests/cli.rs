@@ -232,7 +232,10 @@ fn metrics_command_reads_files_and_reports_bad_input() {
 #[test]
 fn sigkill_mid_run_then_resume_completes() {
     let dir = tmp("kill");
-    let cfg = write_config(&dir, &TINY.replace("steps = 6\nbatch", "steps = 400\nbatch"));
+    let cfg = write_config(
+        &dir,
+        &TINY.replace("steps = 6\nbatch", "steps = 400\nbatch"),
+    );
     let run = dir.join("r");
     let mut child = lv()
         .args(["train", "--quiet", "--config"])
@@ -256,15 +259,24 @@ fn sigkill_mid_run_then_resume_completes() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!run.join("results.json").exists(), "the run finished before it was killed");
+    assert!(
+        !run.join("results.json").exists(),
+        "the run finished before it was killed"
+    );
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap())
+            .unwrap();
     let at_kill = meta["counters"]["step"].as_u64().unwrap();
     assert!(at_kill >= 2);
-    let st = lv().args(["train", "--quiet", "--resume"]).arg(&run).status().unwrap();
+    let st = lv()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .status()
+        .unwrap();
     assert!(st.success());
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["counters"]["step"].as_u64().unwrap(), 400);
     assert!(run.join("results.json").exists());
 }
