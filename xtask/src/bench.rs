@@ -258,6 +258,10 @@ fn to_json(rows: &[Row]) -> String {
     s
 }
 
+fn write_json(out: &Path, rows: &[Row]) -> Result<()> {
+    std::fs::write(out, to_json(rows)).with_context(|| format!("writing {}", out.display()))
+}
+
 /// `cargo xtask bench`.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let python = args.python.clone().unwrap_or_else(|| default_python(root));
@@ -283,6 +287,13 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(root.join("target/lv-bench"))?;
     std::fs::copy(root.join("target/release/lv"), &lv)
         .with_context(|| format!("copying the lv binary to {}", lv.display()))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/lv-bench/compare.json"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut rows = Vec::new();
     let all = configs(args.quick);
     let selected: Vec<&Config> = all
@@ -334,6 +345,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                 )),
             );
             rows.push(row);
+            // Written after every row, so an interrupted run keeps what it measured.
+            write_json(&out, &rows)?;
         }
     }
     println!(
@@ -353,14 +366,6 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             fmt_opt(r.cpu_ratio(), 2),
         );
     }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| root.join("target/lv-bench/compare.json"));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&out, to_json(&rows)).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -349,6 +349,42 @@ pub fn replay_lv(
     controls: Controls<'_>,
     rec: &Recording,
 ) -> Tensor {
+    replay_terms(method, grid, controls, rec, 0) + &rec.constant
+}
+
+/// The controlled part of the replayed R restricted to the time steps `k0 .. k1` (no
+/// constant terms), `[n]`. Summing these over a partition of the steps and adding
+/// `rec.constant` gives [`replay_lv`]. Used by the chunked replay, which backpropagates one
+/// chunk at a time so that the graph of all N·n rows never exists at once.
+pub fn replay_lv_steps(
+    method: &Method,
+    grid: &crate::grid::TimeGrid,
+    controls: Controls<'_>,
+    rec: &Recording,
+    k0: usize,
+    k1: usize,
+) -> Tensor {
+    let n = rec.n;
+    let rows = |t: &Tensor| t.narrow(0, k0 as i64 * n, (k1 - k0) as i64 * n);
+    let part = Recording {
+        ts: rec.ts[k0..k1].to_vec(),
+        xs: rows(&rec.xs),
+        scores: rec.scores.as_ref().map(rows),
+        ws: rows(&rec.ws),
+        dws: rows(&rec.dws),
+        constant: rec.constant.shallow_clone(),
+        n,
+    };
+    replay_terms(method, grid, controls, &part, k0)
+}
+
+fn replay_terms(
+    method: &Method,
+    grid: &crate::grid::TimeGrid,
+    controls: Controls<'_>,
+    rec: &Recording,
+    k0: usize,
+) -> Tensor {
     let n = rec.n;
     let steps = rec.ts.len() as i64;
     let d = rec.xs.size()[1];
@@ -373,15 +409,15 @@ pub fn replay_lv(
         RndForm::Reference { .. } => {
             let u = controls.u.eval_many(&rec.ts, &rec.xs, scores);
             let rs = col(&|k| method.ref_scale(rec.ts[k]));
-            let dt = col(&|k| grid.dt(k));
+            let dt = col(&|k| grid.dt(k0 + k));
             let ref_u = &rec.xs * rs;
             let diff = &u - &ref_u;
             let cost = (&diff * (&rec.ws - (&u + &ref_u) * 0.5)) * dt + &diff * &rec.dws;
             let per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
-            sum_per_traj(per_row) + &rec.constant
+            sum_per_traj(per_row)
         }
         RndForm::TimeReversal => {
-            let dt = col(&|k| grid.dt(k));
+            let dt = col(&|k| grid.dt(k0 + k));
             let (xin, v, div) = match controls.v {
                 Some(vc) => {
                     let xin = rec.xs.detach().set_requires_grad(true);
@@ -405,19 +441,19 @@ pub fn replay_lv(
                 let sig = col(&|k| method.sde.sigma(rec.ts[k]));
                 per_row += div * (sig * dt).squeeze_dim(1);
             }
-            sum_per_traj(per_row) + &rec.constant
+            sum_per_traj(per_row)
         }
         RndForm::ExpIntegrator { alpha, sigma: s } => {
             let u = controls.u.eval_many(&rec.ts, &rec.xs, scores);
             let b2 = col(&|k| {
-                let b = (alpha * grid.dt(k).sqrt()).clamp(0.0, 1.0);
+                let b = (alpha * grid.dt(k0 + k).sqrt()).clamp(0.0, 1.0);
                 b * b * s * s
             });
-            let sb = col(&|k| s * (alpha * grid.dt(k).sqrt()).clamp(0.0, 1.0));
+            let sb = col(&|k| s * (alpha * grid.dt(k0 + k).sqrt()).clamp(0.0, 1.0));
             let cost = (&u * (&rec.ws - &u * 0.5)) * b2 + (&u * &rec.dws) * sb;
             let per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
             let _ = opts_t;
-            sum_per_traj(per_row) + &rec.constant
+            sum_per_traj(per_row)
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
 use crate::method::Method;
 use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup, StepLr};
-use crate::sim::{replay_lv, simulate, Controls, DivMode, SimOptions};
+use crate::sim::{replay_lv, replay_lv_steps, simulate, Controls, DivMode, SimOptions};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -49,6 +49,11 @@ pub struct TrainSettings {
     pub max_loss_factor: f64,
     /// Use the batched replay for the LV family.
     pub replay: bool,
+    /// Rows (trajectories × time steps) per replay chunk; 0 replays all N·n rows at once.
+    /// Chunks are backpropagated one at a time through dL/dR (exact: L depends on the
+    /// parameters only through R = Σ_chunks R_c + const), which keeps large batches out of
+    /// the memory-bound regime (measured in docs/performance.md).
+    pub replay_rows: usize,
     /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
     /// linearly to 1 over the first `explore_steps` steps.
     pub explore_scale: f64,
@@ -83,6 +88,7 @@ impl Default for TrainSettings {
             clip_factor: 5.0,
             max_loss_factor: 1e-4,
             replay: true,
+            replay_rows: 32_768,
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
@@ -215,8 +221,10 @@ impl<'a> Trainer<'a> {
             .map(|m| m * self.settings.max_loss_factor.powi(reached as i32))
     }
 
-    /// The loss of one batch (graph attached), and the number of kept samples.
-    pub fn batch_loss(&mut self) -> (Tensor, Tensor) {
+    /// The loss of one batch and the number of filtered samples. When the returned flag is
+    /// true the gradients have already been accumulated (chunked replay) and the loss is
+    /// detached; otherwise the caller backpropagates the loss.
+    pub fn batch_loss(&mut self) -> (Tensor, Tensor, bool) {
         let d = self.target.dim() as i64;
         let n = self.settings.batch as i64;
         let x0 = match self.loss {
@@ -239,14 +247,53 @@ impl<'a> Trainer<'a> {
         self.counters.target_evals += n_eff * (score_evals + 1);
         let mut opts = SimOptions::new(self.loss.mode());
         opts.noise_scale = self.noise_scale();
-        let rnd = if self.loss.detached() && self.settings.replay {
+        let filtered_of =
+            |kept: &Tensor, device| Tensor::from(n_eff as f32).to_device(device) - kept;
+        if self.loss.detached() && self.settings.replay {
             opts.record = true;
             let out = tch::no_grad(|| simulate(self.method, self.target, self.controls, &x0, opts));
             let rec = out.recording.expect("recording requested");
-            replay_lv(self.method, &self.method.grid, self.controls, &rec)
-        } else {
-            simulate(self.method, self.target, self.controls, &x0, opts).rnd
-        };
+            let steps = rec.ts.len();
+            let chunk = if self.settings.replay_rows == 0 {
+                steps
+            } else {
+                (self.settings.replay_rows / n_eff.max(1) as usize).clamp(1, steps)
+            };
+            if chunk >= steps {
+                let rnd = replay_lv(self.method, &self.method.grid, self.controls, &rec);
+                let out = batch_loss(
+                    self.loss,
+                    &rnd,
+                    self.settings.max_rnd,
+                    self.target.dim(),
+                    self.log_z.as_ref(),
+                );
+                let filtered = filtered_of(&out.kept, self.device);
+                return (out.loss, filtered, false);
+            }
+            // Chunked replay: g = dL/dR on a leaf copy of R, then Σ_chunks backward(⟨R_c, g⟩).
+            let r_leaf = out.rnd.detach().set_requires_grad(true);
+            let lv = batch_loss(
+                self.loss,
+                &r_leaf,
+                self.settings.max_rnd,
+                self.target.dim(),
+                self.log_z.as_ref(),
+            );
+            lv.loss.backward();
+            let g = r_leaf.grad().detach();
+            let mut k0 = 0;
+            while k0 < steps {
+                let k1 = (k0 + chunk).min(steps);
+                let rc =
+                    replay_lv_steps(self.method, &self.method.grid, self.controls, &rec, k0, k1);
+                (rc * &g).sum(Kind::Float).backward();
+                k0 = k1;
+            }
+            let filtered = filtered_of(&lv.kept, self.device);
+            return (lv.loss.detach(), filtered, true);
+        }
+        let rnd = simulate(self.method, self.target, self.controls, &x0, opts).rnd;
         let out = batch_loss(
             self.loss,
             &rnd,
@@ -254,16 +301,16 @@ impl<'a> Trainer<'a> {
             self.target.dim(),
             self.log_z.as_ref(),
         );
-        let filtered = Tensor::from(n_eff as f32).to_device(self.device) - &out.kept;
-        (out.loss, filtered)
+        let filtered = filtered_of(&out.kept, self.device);
+        (out.loss, filtered, false)
     }
 
     /// One training step (see the module docs). Returns host statistics.
     pub fn step(&mut self, hooks: &mut dyn Hooks) -> StepStats {
         self.adam.zero_grad();
-        let (loss, filtered) = self.batch_loss();
+        let (loss, filtered, backward_done) = self.batch_loss();
         let loss_ok = loss.isfinite();
-        if loss.requires_grad() {
+        if !backward_done && loss.requires_grad() {
             // A non-finite loss still backpropagates (the gradients are checked below).
             loss.backward();
         }
