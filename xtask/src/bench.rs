@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Also measure ours with `--no-replay` (step-by-step LV with the graph) on the LV rows.
     #[arg(long)]
     pub no_replay_too: bool,
-    /// Also measure ours with `--replay-chunk K` (experimental chunked LV replay) on the LV
+    /// Also measure ours with `--replay-rows K` (LV replay chunk size in rows) on the LV
     /// rows; 0 = off.
     #[arg(long, default_value_t = 0)]
     pub replay_chunk: usize,
@@ -310,7 +310,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                 None
             };
             let ch = if args.replay_chunk > 0 && lv_row {
-                let a = ["--replay-chunk".into(), args.replay_chunk.to_string()];
+                let a = ["--replay-rows".into(), args.replay_chunk.to_string()];
                 Some(ours(root, &lv, cfg, threads, &a)?)
             } else {
                 None

@@ -11,11 +11,9 @@
 use crate::config::RunConfig;
 use anyhow::{Context, Result};
 use lv_core::loss::batch_loss;
-use lv_core::optim::{clip_grad_norm, grad_norm};
-use lv_core::sim::{replay_lv, simulate, Controls, Mode, Recording, SimOptions};
+use lv_core::sim::{replay_lv, simulate, Controls, SimOptions};
 use lv_core::train::Trainer;
 use std::time::Instant;
-use tch::{Kind, Tensor};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchStepArgs {
@@ -46,14 +44,10 @@ pub struct BenchStepArgs {
     /// Also time the parts of a step (simulation, loss graph, backward).
     #[arg(long)]
     pub breakdown: bool,
-    /// Experimental (LV, uniform grids): replay in chunks of this many time steps, each
-    /// backpropagated with dL/dR (a vector–Jacobian product), instead of one replay graph
-    /// over all N·B rows. 0 = the trainer's own step.
-    #[arg(long, default_value_t = 0)]
-    pub replay_chunk: usize,
-    /// With `--replay-chunk`: check once that the chunked gradient equals the full replay's.
+    /// LV replay rows per chunk (the trainer's `train.replay_rows`; 0 = the whole N·B-row
+    /// replay at once). Default: the trainer's default (32,768).
     #[arg(long)]
-    pub check_chunked: bool,
+    pub replay_rows: Option<usize>,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +88,9 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     };
     let mut settings = res.cfg.train.clone();
     settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
+    if let Some(r) = args.replay_rows {
+        settings.replay_rows = r;
+    }
     let mut trainer = Trainer::new(
         &built.method,
         built.target.as_ref(),
@@ -103,24 +100,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         built.device,
         None,
     );
-    let chunk = args.replay_chunk;
-    if chunk > 0 {
-        anyhow::ensure!(
-            res.loss.detached() && !args.no_replay,
-            "--replay-chunk needs an LV-family loss and the replay"
-        );
-        if args.check_chunked {
-            let rel = check_chunked(&mut trainer, chunk);
-            eprintln!("chunked vs full replay gradient: max |Δg| / max |g| = {rel:.2e}");
-        }
-    }
-    let one_step = |tr: &mut Trainer<'_>| -> f64 {
-        if chunk > 0 {
-            chunked_step(tr, chunk)
-        } else {
-            tr.step(&mut ()).loss
-        }
-    };
+    let one_step = |tr: &mut Trainer<'_>| -> f64 { tr.step(&mut ()).loss };
     for _ in 0..args.warmup {
         one_step(&mut trainer);
     }
@@ -155,7 +135,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "iters": args.iters,
             "warmup": args.warmup,
             "replay": !args.no_replay,
-            "replay_chunk": args.replay_chunk,
+            "replay_rows": args.replay_rows,
             "seconds": secs,
             "cpu_seconds": cpu,
             "cpu_steps_per_s": cpu_steps_per_s,
@@ -171,8 +151,8 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "{label} ({}, threads {threads}): {steps_per_s:.3} steps/s ({:.1} ms/step, {} steps, last loss {loss:.4})",
             if args.no_replay {
                 "step-by-step".to_string()
-            } else if chunk > 0 {
-                format!("replay in chunks of {chunk} steps")
+            } else if let Some(r) = args.replay_rows {
+                format!("replay, {r} rows per chunk")
             } else {
                 "replay".to_string()
             },
@@ -282,121 +262,6 @@ fn breakdown(tr: &mut Trainer<'_>, reps: usize) -> Vec<(String, f64)> {
     v.push((format!("  of sim: u.eval x{steps}"), ms(ctrl_s)));
     v.push(("full step".to_string(), ms(full)));
     v
-}
-
-/// An LV recording of one batch (no gradients) and its R `[n]`.
-fn record(tr: &Trainer<'_>) -> (Recording, Tensor) {
-    let d = tr.target.dim() as i64;
-    let x0 = tr
-        .method
-        .prior
-        .sample(tr.settings.batch as i64, d, tr.device);
-    let mut opts = SimOptions::new(Mode::Lv);
-    opts.record = true;
-    opts.noise_scale = tr.noise_scale();
-    let out = tch::no_grad(|| simulate(tr.method, tr.target, tr.controls, &x0, opts));
-    (out.recording.expect("recording requested"), out.rnd)
-}
-
-/// Accumulates into the parameters' `.grad` the gradient of the loss whose dL/dR is `g`,
-/// replaying `chunk` time steps at a time (each chunk's graph is freed after its backward).
-fn chunked_backward(tr: &Trainer<'_>, rec: &Recording, g: &Tensor, chunk: usize) {
-    let n = rec.n;
-    let steps = rec.ts.len();
-    let zeros = Tensor::zeros([n], (rec.xs.kind(), rec.xs.device()));
-    let mut start = 0;
-    while start < steps {
-        let len = chunk.min(steps - start);
-        let rows = |t: &Tensor| t.narrow(0, (start as i64) * n, (len as i64) * n);
-        let sub = Recording {
-            ts: rec.ts[start..start + len].to_vec(),
-            xs: rows(&rec.xs),
-            scores: rec.scores.as_ref().map(rows),
-            ws: rows(&rec.ws),
-            dws: rows(&rec.dws),
-            constant: zeros.shallow_clone(),
-            n,
-        };
-        // `replay_lv` reads dt(k) by the chunk-local index: exact on uniform grids only.
-        let rc = replay_lv(tr.method, &tr.method.grid, tr.controls, &sub);
-        (rc * g).sum(Kind::Float).backward();
-        start += len;
-    }
-}
-
-/// dL/dR of the trainer's loss at R (a small autograd call on `[n]`), and the loss.
-fn loss_grad(tr: &Trainer<'_>, rnd: &Tensor) -> (Tensor, Tensor) {
-    let r = rnd.detach().set_requires_grad(true);
-    let lv = tch::with_grad(|| {
-        batch_loss(
-            tr.loss,
-            &r,
-            tr.settings.max_rnd,
-            tr.target.dim(),
-            tr.log_z.as_ref(),
-        )
-    });
-    let g = Tensor::run_backward(&[&lv.loss], &[&r], false, false).remove(0);
-    (g, lv.loss.detach())
-}
-
-/// One LV step with the chunked replay: record, dL/dR, chunked backward, then the trainer's
-/// update rule (finiteness check, gradient clipping, Adam). Returns the loss.
-fn chunked_step(tr: &mut Trainer<'_>, chunk: usize) -> f64 {
-    tr.adam.zero_grad();
-    let (rec, rnd) = record(tr);
-    let (g, loss) = loss_grad(tr, &rnd);
-    chunked_backward(tr, &rec, &g, chunk);
-    let gn = grad_norm(tr.params());
-    let ok = loss.isfinite().logical_and(&gn.isfinite());
-    let host = Vec::<f32>::try_from(Tensor::stack(
-        &[ok.to_kind(Kind::Float), loss.to_kind(Kind::Float)],
-        0,
-    ))
-    .expect("2 values");
-    tr.counters.step += 1;
-    if host[0] > 0.5 {
-        if let Some(c) = tr.settings.grad_clip {
-            clip_grad_norm(tr.params(), &gn, c);
-        }
-        tr.adam.step();
-        tr.counters.successful += 1;
-    }
-    host[1] as f64
-}
-
-/// Max |g_chunked − g_full| / max |g_full| on one recording.
-fn check_chunked(tr: &mut Trainer<'_>, chunk: usize) -> f64 {
-    let (rec, rnd) = record(tr);
-    let grads = |tr: &Trainer<'_>| -> Tensor {
-        let gs: Vec<Tensor> = tr
-            .params()
-            .iter()
-            .filter_map(|p| {
-                let g = p.grad();
-                g.defined().then(|| g.flatten(0, -1).copy())
-            })
-            .collect();
-        Tensor::cat(&gs, 0)
-    };
-    tr.adam.zero_grad();
-    let full = replay_lv(tr.method, &tr.method.grid, tr.controls, &rec);
-    let lv = batch_loss(
-        tr.loss,
-        &full,
-        tr.settings.max_rnd,
-        tr.target.dim(),
-        tr.log_z.as_ref(),
-    );
-    lv.loss.backward();
-    let g_full = grads(tr);
-    tr.adam.zero_grad();
-    let (g, _) = loss_grad(tr, &rnd);
-    chunked_backward(tr, &rec, &g, chunk);
-    let g_chunk = grads(tr);
-    tr.adam.zero_grad();
-    let diff = (&g_chunk - &g_full).abs().max().double_value(&[]);
-    diff / g_full.abs().max().double_value(&[]).max(1e-30)
 }
 
 /// User + system CPU time of this process (all threads), from `/proc/self/stat`
