@@ -50,9 +50,11 @@ pub struct TrainSettings {
     /// Use the batched replay for the LV family.
     pub replay: bool,
     /// Rows (trajectories × time steps) per replay chunk; 0 replays all N·n rows at once.
-    /// Chunks are backpropagated one at a time through dL/dR (exact: L depends on the
-    /// parameters only through R = Σ_chunks R_c + const), which keeps large batches out of
-    /// the memory-bound regime (measured in docs/performance.md).
+    /// Replays of at most 8 × `replay_rows` rows run in one piece; larger ones in chunks of
+    /// about `replay_rows` rows, each backpropagated through dL/dR (exact: L depends on the
+    /// parameters only through R = Σ_chunks R_c + const). Measured on the 2-core CPU
+    /// (docs/performance.md): one piece is fastest at 25,600 rows (B = 256, N = 100), chunks
+    /// of 8,192 rows are 1.6× faster than one piece at 409,600 rows (B = 2048, N = 200).
     pub replay_rows: usize,
     /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
     /// linearly to 1 over the first `explore_steps` steps.
@@ -88,7 +90,7 @@ impl Default for TrainSettings {
             clip_factor: 5.0,
             max_loss_factor: 1e-4,
             replay: true,
-            replay_rows: 32_768,
+            replay_rows: 8_192,
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
@@ -254,10 +256,11 @@ impl<'a> Trainer<'a> {
             let out = tch::no_grad(|| simulate(self.method, self.target, self.controls, &x0, opts));
             let rec = out.recording.expect("recording requested");
             let steps = rec.ts.len();
-            let chunk = if self.settings.replay_rows == 0 {
+            let rows = self.settings.replay_rows;
+            let chunk = if rows == 0 || steps * n_eff as usize <= 8 * rows {
                 steps
             } else {
-                (self.settings.replay_rows / n_eff.max(1) as usize).clamp(1, steps)
+                (rows / n_eff.max(1) as usize).clamp(1, steps)
             };
             if chunk >= steps {
                 let rnd = replay_lv(self.method, &self.method.grid, self.controls, &rec);
