@@ -162,6 +162,19 @@ impl Target for GaussianMixture {
         self.component_log_densities(x).logsumexp([-1], false) - k.ln()
     }
 
+    /// Analytic score ∇log ρ(x) = Σ_k softmax_k(log N(x; m_k, σ²I))·(m_k − x)/σ² (one
+    /// `[n, K]` softmax and one `[n, K]×[K, d]` product), detached from the graph of x as the
+    /// generic autograd score of the reference code is (spec §6.6); about 2× cheaper than
+    /// autograd at B = 2048 (docs/performance.md).
+    fn score(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let x = x.detach();
+            let w = self.component_log_densities(&x).softmax(-1, x.kind());
+            let means = self.means_t.like(&x);
+            (w.matmul(&means) - &x) / (self.std * self.std)
+        })
+    }
+
     /// 0 (normalised mixture).
     fn log_z(&self) -> Option<f64> {
         Some(0.0)
