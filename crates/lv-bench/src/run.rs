@@ -236,6 +236,7 @@ fn train_built(
         let tensors = load_tensors(&ckpt)?;
         restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
         trainer.counters = meta.counters.clone();
+        trainer.apply_clip_schedule();
         seconds = meta.seconds;
         eprintln!(
             "resuming {} at step {}",
@@ -396,18 +397,7 @@ fn restore(
             .context("checkpoint has no log_z")?;
         tch::no_grad(|| c.shallow_clone().copy_(&src.1));
     }
-    // Re-apply the clip schedule reached so far.
-    let reached = trainer
-        .settings
-        .clip_milestones
-        .iter()
-        .filter(|&&m| meta.counters.successful >= m)
-        .count();
-    let f = trainer.settings.clip_factor.powi(reached as i32);
-    trainer.controls.u.set_clip_factor(f);
-    if let Some(v) = trainer.controls.v {
-        v.set_clip_factor(f);
-    }
+    // Re-apply the clip schedule reached so far (counters are restored by the caller first).
     Ok(())
 }
 

@@ -210,17 +210,32 @@ impl<'a> Trainer<'a> {
         s.explore_scale + (1.0 - s.explore_scale) * frac
     }
 
-    /// Current `max_loss` after the milestones reached.
-    fn max_loss(&self) -> Option<f64> {
-        let reached = self
-            .settings
+    /// Number of clip milestones reached (counted in successful steps).
+    fn milestones_reached(&self) -> i32 {
+        let s = self.counters.successful;
+        self.settings
             .clip_milestones
             .iter()
-            .filter(|&&m| self.counters.successful >= m)
-            .count();
-        self.settings
-            .max_loss
-            .map(|m| m * self.settings.max_loss_factor.powi(reached as i32))
+            .filter(|&&m| s >= m)
+            .count() as i32
+    }
+
+    /// Current `max_loss` after the milestones reached.
+    fn max_loss(&self) -> Option<f64> {
+        let f = self
+            .settings
+            .max_loss_factor
+            .powi(self.milestones_reached());
+        self.settings.max_loss.map(|m| m * f)
+    }
+
+    /// Applies the clip schedule reached so far (×`clip_factor` per milestone) to the controls.
+    pub fn apply_clip_schedule(&self) {
+        let f = self.settings.clip_factor.powi(self.milestones_reached());
+        self.controls.u.set_clip_factor(f);
+        if let Some(v) = self.controls.v {
+            v.set_clip_factor(f);
+        }
     }
 
     /// The loss of one batch and the number of filtered samples. When the returned flag is
@@ -249,8 +264,11 @@ impl<'a> Trainer<'a> {
         self.counters.target_evals += n_eff * (score_evals + 1);
         let mut opts = SimOptions::new(self.loss.mode());
         opts.noise_scale = self.noise_scale();
-        let filtered_of =
-            |kept: &Tensor, device| Tensor::from(n_eff as f32).to_device(device) - kept;
+        let device = self.device;
+        let filtered_of = |kept: &Tensor| Tensor::from(n_eff as f32).to_device(device) - kept;
+        let (kind, max_rnd, dim) = (self.loss, self.settings.max_rnd, self.target.dim());
+        let log_z = self.log_z.as_ref();
+        let loss_of = |rnd: &Tensor| batch_loss(kind, rnd, max_rnd, dim, log_z);
         if self.loss.detached() && self.settings.replay {
             opts.record = true;
             let out = tch::no_grad(|| simulate(self.method, self.target, self.controls, &x0, opts));
@@ -263,26 +281,17 @@ impl<'a> Trainer<'a> {
                 (rows / n_eff.max(1) as usize).clamp(1, steps)
             };
             if chunk >= steps {
-                let rnd = replay_lv(self.method, &self.method.grid, self.controls, &rec);
-                let out = batch_loss(
-                    self.loss,
-                    &rnd,
-                    self.settings.max_rnd,
-                    self.target.dim(),
-                    self.log_z.as_ref(),
-                );
-                let filtered = filtered_of(&out.kept, self.device);
-                return (out.loss, filtered, false);
+                let out = loss_of(&replay_lv(
+                    self.method,
+                    &self.method.grid,
+                    self.controls,
+                    &rec,
+                ));
+                return (out.loss, filtered_of(&out.kept), false);
             }
             // Chunked replay: g = dL/dR on a leaf copy of R, then Σ_chunks backward(⟨R_c, g⟩).
             let r_leaf = out.rnd.detach().set_requires_grad(true);
-            let lv = batch_loss(
-                self.loss,
-                &r_leaf,
-                self.settings.max_rnd,
-                self.target.dim(),
-                self.log_z.as_ref(),
-            );
+            let lv = loss_of(&r_leaf);
             lv.loss.backward();
             let g = r_leaf.grad().detach();
             let mut k0 = 0;
@@ -293,19 +302,10 @@ impl<'a> Trainer<'a> {
                 (rc * &g).sum(Kind::Float).backward();
                 k0 = k1;
             }
-            let filtered = filtered_of(&lv.kept, self.device);
-            return (lv.loss.detach(), filtered, true);
+            return (lv.loss.detach(), filtered_of(&lv.kept), true);
         }
-        let rnd = simulate(self.method, self.target, self.controls, &x0, opts).rnd;
-        let out = batch_loss(
-            self.loss,
-            &rnd,
-            self.settings.max_rnd,
-            self.target.dim(),
-            self.log_z.as_ref(),
-        );
-        let filtered = filtered_of(&out.kept, self.device);
-        (out.loss, filtered, false)
+        let out = loss_of(&simulate(self.method, self.target, self.controls, &x0, opts).rnd);
+        (out.loss, filtered_of(&out.kept), false)
     }
 
     /// One training step (see the module docs). Returns host statistics.
@@ -359,17 +359,7 @@ impl<'a> Trainer<'a> {
             if let Some((every, gamma)) = self.settings.lr_schedule {
                 self.adam.lr_factor = StepLr { every, gamma }.factor(self.counters.successful);
             }
-            let reached = self
-                .settings
-                .clip_milestones
-                .iter()
-                .filter(|&&m| self.counters.successful >= m)
-                .count();
-            let f = self.settings.clip_factor.powi(reached as i32);
-            self.controls.u.set_clip_factor(f);
-            if let Some(v) = self.controls.v {
-                v.set_clip_factor(f);
-            }
+            self.apply_clip_schedule();
             hooks.after_update(&self.counters);
         } else {
             self.counters.skipped += 1;
