@@ -31,6 +31,11 @@ pub struct RunConfig {
     /// libtorch intra-op threads (0 = libtorch's default).
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Control parametrisation: the method's default (`score` for PIS/DDS, `lerp` for DIS,
+    /// lerp-target/lerp-prior for the bridge), or `potential` (DIS: u = σ∇ₓclip(Φ), needed by
+    /// sub-trajectory training), or `clipped` (score-free: u = clip(NN)).
+    #[serde(default)]
+    pub control: Option<String>,
     /// Optional check: the state dimension the network is built for (must equal the target's).
     #[serde(default)]
     pub dim: Option<usize>,
@@ -194,6 +199,29 @@ impl RunConfig {
         }
         if self.eval.n == 0 || self.eval.chunk == 0 {
             bail!("keys `eval.n` and `eval.chunk` must be ≥ 1");
+        }
+        match self.control.as_deref() {
+            None | Some("default") | Some("clipped") => {}
+            Some("potential") => {
+                if method != MethodKind::Dis {
+                    bail!(
+                        "key `control`: `potential` is wired for `dis` only (got `{}`)",
+                        self.method
+                    );
+                }
+            }
+            Some(other) => {
+                bail!("key `control`: unknown `{other}` (expected default, clipped, potential)")
+            }
+        }
+        if self.train.subtraj.is_some() {
+            if self.control.as_deref() != Some("potential") || loss != LossKind::Lv {
+                bail!("key `train.subtraj` needs `control = \"potential\"`, `method = \"dis\"` and `loss = \"lv\"`");
+            }
+            let p = self.train.subtraj.as_ref().map(|s| s.prob).unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&p) {
+                bail!("key `train.subtraj.prob` must be in [0, 1] (got {p})");
+            }
         }
         if method == MethodKind::Bridge && loss == LossKind::Moment {
             bail!("the moment loss is not wired for the bridge in this version");

@@ -23,13 +23,16 @@ use lv_core::sim::Controls;
 use lv_core::train::{Counters, Hooks, Trainer};
 use lv_core::{Control, Target};
 use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
-use lv_nets::ctrl::{LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, ScoreCtrl};
+use lv_nets::ctrl::{
+    ClippedCtrl, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
+};
 use lv_nets::ema::Ema;
 use lv_nets::select_device;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Everything a run needs, built from a [`Resolved`] config.
@@ -39,7 +42,30 @@ pub struct Built {
     pub target: Box<dyn Target>,
     pub u: Box<dyn Control>,
     pub v: Option<Box<dyn Control>>,
+    /// The potential Φ of `u` when `control = "potential"` (sub-trajectory training).
+    pub potential: Option<Rc<PotentialCtrl>>,
     pub device: Device,
+}
+
+/// A shared potential control used as the generative control.
+struct SharedPotential(Rc<PotentialCtrl>);
+
+impl Control for SharedPotential {
+    fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
+        self.0.eval(t, x, score)
+    }
+    fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
+        self.0.eval_many(ts, x, score)
+    }
+    fn needs_target_score(&self) -> bool {
+        self.0.needs_target_score()
+    }
+    fn parameters(&self) -> Vec<Tensor> {
+        self.0.parameters()
+    }
+    fn set_clip_factor(&self, f: f64) {
+        self.0.set_clip_factor(f)
+    }
 }
 
 /// Builds method, target and controls.
@@ -54,46 +80,61 @@ pub fn build(res: &Resolved) -> Result<Built> {
     let t_end = method.grid.t_end();
     let sigma = move || -> lv_nets::ctrl::SigmaFn { Box::new(move |t| sde.sigma(t)) };
     let root = vs.root();
-    let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) = match res.method {
-        MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
-            Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)),
-            None,
-        ),
-        MethodKind::Dis => (
-            Box::new(LerpCtrl::new(
-                &(&root / "u"),
-                d,
-                &cfg.model,
-                sigma(),
-                t_end,
-                1.0,
-            )),
-            None,
-        ),
-        MethodKind::Bridge => (
-            Box::new(LerpTargetCtrl::new(
-                &(&root / "u"),
-                d,
-                &cfg.model,
-                sigma(),
-                t_end,
-            )),
-            Some(Box::new(LerpPriorCtrl::new(
-                &(&root / "v"),
-                d,
-                &cfg.model,
-                sigma(),
-                t_end,
-                1.0,
-            ))),
-        ),
-    };
+    let mut potential = None;
+    let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) =
+        match (res.method, cfg.control.as_deref()) {
+            (MethodKind::Dis, Some("potential")) => {
+                let p = Rc::new(PotentialCtrl::new(&(&root / "u"), d, &cfg.model, sigma()));
+                potential = Some(p.clone());
+                (Box::new(SharedPotential(p)), None)
+            }
+            (MethodKind::Bridge, _) => (
+                Box::new(LerpTargetCtrl::new(
+                    &(&root / "u"),
+                    d,
+                    &cfg.model,
+                    sigma(),
+                    t_end,
+                )),
+                Some(Box::new(LerpPriorCtrl::new(
+                    &(&root / "v"),
+                    d,
+                    &cfg.model,
+                    sigma(),
+                    t_end,
+                    1.0,
+                ))),
+            ),
+            (_, Some("clipped")) => (
+                Box::new(ClippedCtrl::new(&(&root / "u"), d, &cfg.model)),
+                None,
+            ),
+            _ => match res.method {
+                MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
+                    Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)),
+                    None,
+                ),
+                MethodKind::Dis => (
+                    Box::new(LerpCtrl::new(
+                        &(&root / "u"),
+                        d,
+                        &cfg.model,
+                        sigma(),
+                        t_end,
+                        1.0,
+                    )),
+                    None,
+                ),
+                MethodKind::Bridge => unreachable!("the bridge is matched above"),
+            },
+        };
     Ok(Built {
         vs,
         method,
         target,
         u,
         v,
+        potential,
         device,
     })
 }
@@ -211,10 +252,11 @@ fn train_built(
 ) -> Result<()> {
     let cfg = &res.cfg;
     let controls = controls_of(b);
+    let settings_subtraj = cfg.train.subtraj.is_some();
     let mut settings = cfg.train.clone();
     // The batch of lv_traj is B·K; the trainer draws B = batch / K initial points.
     settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
-    let mut trainer = Trainer::new(
+    let trainer = Trainer::new(
         &b.method,
         b.target.as_ref(),
         controls,
@@ -223,6 +265,10 @@ fn train_built(
         b.device,
         None,
     );
+    let mut trainer = match &b.potential {
+        Some(p) if settings_subtraj => trainer.with_potential(p.as_ref())?,
+        _ => trainer,
+    };
     let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64);
     let mut seconds = 0.0;
     let ckpt = dir.join("checkpoint.safetensors");

@@ -280,3 +280,37 @@ fn sigkill_mid_run_then_resume_completes() {
     assert_eq!(meta["counters"]["step"].as_u64().unwrap(), 400);
     assert!(run.join("results.json").exists());
 }
+
+#[test]
+fn sub_trajectory_training_runs_and_is_validated() {
+    let dir = tmp("subtraj");
+    let text = TINY
+        .replace(
+            "method = \"pis\"",
+            "method = \"dis\"\ncontrol = \"potential\"",
+        )
+        .replace(
+            "explore_scale = 1.5\nexplore_steps = 4\n",
+            "[train.subtraj]\nprob = 0.5\n",
+        );
+    let cfg = write_config(&dir, &text);
+    let st = lv()
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(dir.join("ok"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(dir.join("ok/results.json").exists());
+    // Sub-trajectory training without the potential control is refused before training.
+    let out = lv()
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg)
+        .args(["--set", "control=\"default\"", "--out"])
+        .arg(dir.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("train.subtraj"));
+}

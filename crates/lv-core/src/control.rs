@@ -44,6 +44,14 @@ pub trait Control {
     fn set_clip_factor(&self, _factor: f64) {}
 }
 
+/// A control that is the gradient of a learned scalar Φ(t, x) (potential parametrisation,
+/// u = σ(t)∇ₓ clip(Φ)), whose Φ(t, ·) is a learned unnormalised log-density of the generative
+/// marginal at time t. Sub-trajectory training uses it for the boundary terms.
+pub trait Potential {
+    /// Φ(t, x), `[n]`, with the graph to the parameters.
+    fn log_density_at(&self, t: f64, x: &Tensor) -> Tensor;
+}
+
 /// The zero control u ≡ 0.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ZeroControl;

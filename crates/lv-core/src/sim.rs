@@ -98,6 +98,9 @@ pub struct SimOptions {
     pub noise_scale: f64,
     /// Keep states, noises and scores for the batched LV replay.
     pub record: bool,
+    /// Add the boundary terms (log p_prior(X_0) and the terminal term). Sub-trajectory
+    /// training switches them off and adds its own learned boundary densities.
+    pub boundary_terms: bool,
 }
 
 impl SimOptions {
@@ -106,6 +109,7 @@ impl SimOptions {
             mode,
             noise_scale: 1.0,
             record: false,
+            boundary_terms: true,
         }
     }
 }
@@ -177,7 +181,7 @@ pub fn simulate_on(
         controls.u.needs_target_score() || controls.v.is_some_and(|v| v.needs_target_score());
     let mut x = x0.detach();
     let mut r = Tensor::zeros([n], opts_t);
-    if method.form == RndForm::TimeReversal && mode.prior_term() {
+    if opts.boundary_terms && method.form == RndForm::TimeReversal && mode.prior_term() {
         r += method.prior.log_prob(&x);
     }
     let steps = grid.steps();
@@ -305,11 +309,15 @@ pub fn simulate_on(
             rec_w.push(w.detach());
         }
     }
-    let terminal = terminal_term(method, target, &x);
+    let terminal = if opts.boundary_terms {
+        terminal_term(method, target, &x)
+    } else {
+        Tensor::zeros([n], opts_t)
+    };
     r += &terminal;
     let recording = opts.record.then(|| {
         let mut constant = terminal.detach();
-        if method.form == RndForm::TimeReversal && mode.prior_term() {
+        if opts.boundary_terms && method.form == RndForm::TimeReversal && mode.prior_term() {
             constant += method.prior.log_prob(x0);
         }
         Recording {

@@ -61,6 +61,9 @@ pub struct TrainSettings {
     pub explore_scale: f64,
     pub explore_steps: usize,
     pub div: DivModeSetting,
+    /// Sub-trajectory LV training (spec §5.5): needs a potential control
+    /// ([`Trainer::with_potential`]) and DIS.
+    pub subtraj: Option<crate::subtraj::SubTrajSettings>,
 }
 
 /// Serializable [`DivMode`].
@@ -94,6 +97,7 @@ impl Default for TrainSettings {
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
+            subtraj: None,
         }
     }
 }
@@ -144,6 +148,9 @@ pub struct Trainer<'a> {
     pub counters: Counters,
     pub device: Device,
     params: Vec<Tensor>,
+    potential: Option<&'a dyn crate::control::Potential>,
+    /// Sub-trajectory steps taken (cumulative).
+    pub subtraj_steps: usize,
 }
 
 impl<'a> Trainer<'a> {
@@ -197,7 +204,29 @@ impl<'a> Trainer<'a> {
             counters: Counters::default(),
             device,
             params,
+            potential: None,
+            subtraj_steps: 0,
         }
+    }
+
+    /// Enables sub-trajectory training with the potential Φ of the generative control (which
+    /// must be the same network as `controls.u`). Errors unless the method is DIS with the LV
+    /// loss and `settings.subtraj` is set.
+    pub fn with_potential(mut self, p: &'a dyn crate::control::Potential) -> anyhow::Result<Self> {
+        if self.settings.subtraj.is_none() {
+            anyhow::bail!("a potential was given but `train.subtraj` is not set");
+        }
+        if self.method.form != crate::method::RndForm::TimeReversal || self.controls.v.is_some() {
+            anyhow::bail!("sub-trajectory training needs DIS (time-reversal form without v)");
+        }
+        if self.loss != LossKind::Lv {
+            anyhow::bail!(
+                "sub-trajectory training needs the `lv` loss (got `{}`)",
+                self.loss.name()
+            );
+        }
+        self.potential = Some(p);
+        Ok(self)
     }
 
     /// Current behaviour noise scale λ (linear decay to 1 over `explore_steps`).
@@ -269,6 +298,24 @@ impl<'a> Trainer<'a> {
         let (kind, max_rnd, dim) = (self.loss, self.settings.max_rnd, self.target.dim());
         let log_z = self.log_z.as_ref();
         let loss_of = |rnd: &Tensor| batch_loss(kind, rnd, max_rnd, dim, log_z);
+        if let (Some(st), Some(pot)) = (self.settings.subtraj, self.potential) {
+            if Tensor::rand([1], (Kind::Float, Device::Cpu)).double_value(&[0]) < st.prob {
+                let dr = crate::subtraj::draw(self.method, self.target, &st);
+                let res = crate::subtraj::subtraj_loss(
+                    self.method,
+                    self.target,
+                    self.controls,
+                    pot,
+                    &dr,
+                    &st,
+                    (n, device),
+                );
+                // `with_potential` checked the method, so this cannot fail.
+                let (loss, kept) = res.expect("sub-trajectory set-up was validated");
+                self.subtraj_steps += 1;
+                return (loss, filtered_of(&kept), false);
+            }
+        }
         if self.loss.detached() && self.settings.replay {
             opts.record = true;
             let out = tch::no_grad(|| simulate(self.method, self.target, self.controls, &x0, opts));

@@ -569,6 +569,13 @@ impl Control for PotentialCtrl {
     }
 }
 
+/// Φ(t, ·) = clip_m(NN_Φ(t, ·)) is the learned log-density used by sub-trajectory training.
+impl lv_core::control::Potential for PotentialCtrl {
+    fn log_density_at(&self, t: f64, x: &Tensor) -> Tensor {
+        self.potential(t, x)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
