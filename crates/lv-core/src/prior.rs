@@ -82,6 +82,7 @@ mod tests {
 
     #[test]
     fn truncated_prior_is_bounded_and_scored_untruncated() {
+        let _g = crate::testing::rng_lock();
         tch::manual_seed(0);
         let p = Prior::trunc_standard();
         let x = p.sample(20000, 3, Device::Cpu);

@@ -138,6 +138,7 @@ mod tests {
 
     #[test]
     fn optimal_potential_has_small_sub_trajectory_variance() {
+        let _g = crate::testing::rng_lock();
         tch::manual_seed(5);
         let s2: f64 = 2.0;
         let target = ScaledGauss {
@@ -198,6 +199,7 @@ mod tests {
 
     #[test]
     fn draws_are_in_range_and_the_box_interpolates() {
+        let _g = crate::testing::rng_lock();
         tch::manual_seed(1);
         let target = ScaledGauss {
             dim: 2,

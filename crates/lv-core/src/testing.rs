@@ -106,3 +106,12 @@ impl crate::control::Control for LinearControl {
         ]
     }
 }
+
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serialises tests that seed torch's global generator: the test harness runs tests on
+/// parallel threads, and a test reseeding the generator while another draws would make the
+/// other's draws irreproducible (or even correlated). Hold the guard for the whole test.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

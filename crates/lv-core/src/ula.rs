@@ -81,6 +81,7 @@ mod tests {
 
     #[test]
     fn ula_recovers_gaussian_moments() {
+        let _g = crate::testing::rng_lock();
         tch::manual_seed(3);
         let t = ScaledGauss {
             dim: 2,

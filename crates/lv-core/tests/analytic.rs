@@ -11,13 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 const CPU: Device = Device::Cpu;
 
-/// torch's generator is global and tests run on parallel threads: tests that seed it hold
-/// this lock so that their draws are reproducible.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
+use lv_core::testing::rng_lock as lock;
 
 fn rnd_var(r: &Tensor) -> f64 {
     r.var(true).double_value(&[])

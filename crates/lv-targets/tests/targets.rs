@@ -40,8 +40,14 @@ fn target(name: &str) -> Box<dyn Target> {
 // Registry, shapes, bad input
 // ------------------------------------------------------------------------------------------
 
+// torch's generator is global and the test harness runs tests on parallel threads; a test
+// that reseeds it while another draws can correlate that test's proposal and acceptance
+// draws (seen once: a 10σ bias of the FAB many-well sampler test). Every test holds the lock.
+use lv_core::testing::rng_lock as lock;
+
 #[test]
 fn registry_builds_every_target_with_consistent_info() {
+    let _g = lock();
     assert_eq!(names(), ALL.to_vec());
     let infos = list();
     assert_eq!(infos.len(), ALL.len());
@@ -94,6 +100,7 @@ fn registry_builds_every_target_with_consistent_info() {
 
 #[test]
 fn unknown_name_lists_known_names() {
+    let _g = lock();
     let err = format!(
         "{:#}",
         by_name("nope").err().expect("unknown name must fail")
@@ -106,6 +113,7 @@ fn unknown_name_lists_known_names() {
 
 #[test]
 fn mode_centres_of_mixtures() {
+    let _g = lock();
     let cases = [
         ("gmm9", 9, 2),
         ("gmm25", 25, 2),
@@ -130,6 +138,7 @@ fn mode_centres_of_mixtures() {
 
 #[test]
 fn bad_dimension_is_a_clear_error() {
+    let _g = lock();
     for n in ALL {
         let t = target(n);
         let d = t.dim() as i64;
@@ -148,6 +157,7 @@ fn bad_dimension_is_a_clear_error() {
 
 #[test]
 fn log_density_shapes_kinds_and_precision() {
+    let _g = lock();
     tch::manual_seed(0);
     for n in ALL {
         let t = target(n);
@@ -230,6 +240,7 @@ fn check_score(t: &dyn Target, seed: i64) {
 
 #[test]
 fn scores_match_finite_differences() {
+    let _g = lock();
     for (i, n) in ALL.iter().enumerate() {
         check_score(target(n).as_ref(), 100 + i as i64);
     }
@@ -237,6 +248,7 @@ fn scores_match_finite_differences() {
 
 #[test]
 fn analytic_scores_stay_in_graph() {
+    let _g = lock();
     for n in ALL {
         let t = target(n);
         let x = points_in_domain(t.as_ref(), 4, 0.5)
@@ -264,6 +276,7 @@ fn analytic_scores_stay_in_graph() {
 
 #[test]
 fn log_z_matches_reference_constants() {
+    let _g = lock();
     let cases = [
         ("gmm9", 0.0, 0.0),
         ("funnel10", 0.0, 0.0),
@@ -310,6 +323,7 @@ fn log_z_1d(t: &dyn Target, a: f64, b: f64, n: usize, embed: impl Fn(&Tensor) ->
 
 #[test]
 fn log_z_matches_independent_quadrature() {
+    let _g = lock();
     // 1-D targets.
     let dw1 = target("dw1");
     let q = log_z_1d(dw1.as_ref(), -6.0, 9.0, 30_001, |x| x.shallow_clone());
@@ -346,6 +360,7 @@ fn log_z_matches_independent_quadrature() {
 
 #[test]
 fn log_z_matches_block_quadrature() {
+    let _g = lock();
     // FAB ManyWell through one 2-D block (other coordinates 0: log ρ contribution 0).
     for n in ["manywell32", "manywell64"] {
         let t = target(n);
@@ -357,6 +372,7 @@ fn log_z_matches_block_quadrature() {
 
 #[test]
 fn log_z_matches_2d_quadrature() {
+    let _g = lock();
     // 2-D targets on their domain boxes (enlarged by 1), steps well below the mode widths
     // (σ = 0.548 for the grids, 0.0707 for the rings): the trapezoid error of a smooth,
     // rapidly decaying integrand is ~exp(−2π²σ²/h²), negligible here.
@@ -381,6 +397,7 @@ fn log_z_matches_2d_quadrature() {
 
 #[test]
 fn log_z_matches_2d_quadrature_wide_mixtures() {
+    let _g = lock();
     // The wide 40-mode mixtures (σ = 1.31 and 1), step 0.25 on the domain box enlarged by 3.
     for n in ["fab40", "gmm40_2d"] {
         let t = target(n);
@@ -430,6 +447,7 @@ fn sample(name: &str, n: usize, seed: i64) -> Tensor {
 
 #[test]
 fn samplers_are_reproducible_and_finite() {
+    let _g = lock();
     for n in ALL {
         let t = target(n);
         if let Some(s) = t.sampler() {
@@ -448,6 +466,7 @@ fn samplers_are_reproducible_and_finite() {
 
 #[test]
 fn gmm_sample_moments() {
+    let _g = lock();
     // gmm9: mean 0, per-coordinate variance 0.3 + 50/3; gmm25: 0.3 + 50.
     for (n, var) in [("gmm9", 0.3 + 50.0 / 3.0f64), ("gmm25", 50.3)] {
         let x = sample(n, 100_000, 1);
@@ -462,6 +481,7 @@ fn gmm_sample_moments() {
 
 #[test]
 fn funnel_sample_moments() {
+    let _g = lock();
     let x = sample("funnel10", 100_000, 2);
     let (m0, v0) = mean_var(&column(&x, 0));
     assert!(m0.abs() < 0.05, "x0 mean {m0}");
@@ -481,6 +501,7 @@ fn funnel_sample_moments() {
 
 #[test]
 fn many_well_sample_stds() {
+    let _g = lock();
     // Per-coordinate stds of the wells: 1.98346 (δ = 4), 1.35475 (δ = 2); Gaussian ones 1.
     let x = sample("mw5", 100_000, 3);
     for j in 0..5 {
@@ -524,6 +545,7 @@ fn many_well_sample_stds() {
 
 #[test]
 fn fab_many_well_sample_moments() {
+    let _g = lock();
     // Moments of the double-well coordinate against quadrature; Gaussian coordinate N(0, 1).
     let (g, w) = trapezoid_grid(-6.0, 6.0, 24_001);
     let lr: Vec<f64> = g.iter().map(|&x| FabManyWell::log_rho_x1(x)).collect();
@@ -572,6 +594,7 @@ fn fab_many_well_sample_moments() {
 
 #[test]
 fn rejection_envelopes_are_valid() {
+    let _g = lock();
     // sde_sampler wells: log ρ₁ ≤ log M + log q on a fine grid (equality at the modes).
     for t in [ManyWell::mw5(), ManyWell::mw50(), ManyWell::dw1()] {
         let lm = t.envelope().ln();
@@ -605,6 +628,7 @@ fn rejection_envelopes_are_valid() {
 
 #[test]
 fn gauss_and_rings_sample_moments() {
+    let _g = lock();
     let x = sample("gauss", 100_000, 8);
     let (m, v) = mean_var(&column(&x, 0));
     assert!((m - 3.0).abs() < 0.015 && (v - 1.0).abs() < 0.02, "{m} {v}");
@@ -667,6 +691,7 @@ fn check_mixture_frequencies(name: &str, k: usize, log_comp: impl Fn(&Tensor) ->
 
 #[test]
 fn mixture_mode_frequencies_match_weights() {
+    let _g = lock();
     let gm = [
         GaussianMixture::gmm9(),
         GaussianMixture::gmm25(),
@@ -684,6 +709,7 @@ fn mixture_mode_frequencies_match_weights() {
 
 #[test]
 fn mos_marginals_are_student_t() {
+    let _g = lock();
     // Given the component, (x − m_k) per coordinate is t₂: P(|t| ≤ 1) = 1/√3, P(|t| ≤ 3) = 3/√11.
     let mos = MixtureOfStudents::mos50().unwrap();
     let x = sample("mos50", 20_000, 12);
@@ -706,6 +732,7 @@ fn mos_marginals_are_student_t() {
 
 #[test]
 fn dw4_reference_set() {
+    let _g = lock();
     let t = target("dw4");
     let x = t.reference_samples().unwrap().unwrap();
     assert_eq!(x.size(), vec![10_000, 8]);
@@ -726,6 +753,7 @@ fn dw4_reference_set() {
 
 #[test]
 fn robot4_reference_set() {
+    let _g = lock();
     let t = target("robot4");
     let x = t.reference_samples().unwrap().unwrap();
     assert_eq!(x.size(), vec![10_000, 10]);
@@ -745,6 +773,7 @@ fn robot4_reference_set() {
 
 #[test]
 fn lgcp_data_and_density() {
+    let _g = lock();
     let counts = lgcp::pines_bin_counts(40).unwrap();
     assert_eq!(counts.iter().sum::<f64>(), 126.0);
     assert_eq!(counts.iter().filter(|c| **c > 0.0).count(), 111);
