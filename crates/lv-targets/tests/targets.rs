@@ -808,3 +808,40 @@ fn lgcp_data_and_density() {
     );
     assert_abs_diff_eq!(t.mu0(), 126f64.ln() - 0.955, epsilon = 1e-12);
 }
+
+/// Slow statistical check over several seeds (run with `--ignored`): the FAB many-well
+/// sampler's fraction of positive x₁ matches quadrature within 5σ for every seed.
+#[test]
+#[ignore]
+fn fab_many_well_positive_fraction_over_seeds() {
+    let _g = lock();
+    let rho = |x: f64| (-x.powi(4) + 6.0 * x * x + 0.5 * x).exp();
+    let (mut num, mut den) = (0.0, 0.0);
+    let h = 1e-4;
+    let mut x = -5.0;
+    while x < 5.0 {
+        let r = rho(x) * h;
+        den += r;
+        if x > 0.0 {
+            num += r;
+        }
+        x += h;
+    }
+    let p = num / den;
+    for seed in 1..=6 {
+        let s = sample("manywell32", 20_000, seed);
+        let x1 = s.reshape([-1, 16, 2]).select(2, 0).reshape([-1]);
+        let n = x1.size()[0] as f64;
+        let frac = x1
+            .gt(0.0)
+            .to_kind(Kind::Double)
+            .sum(Kind::Double)
+            .double_value(&[])
+            / n;
+        let sd = (p * (1.0 - p) / n).sqrt();
+        assert!(
+            (frac - p).abs() < 5.0 * sd,
+            "seed {seed}: {frac} vs {p} (σ {sd})"
+        );
+    }
+}
