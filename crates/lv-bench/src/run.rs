@@ -501,9 +501,15 @@ fn evaluate_run(
         b.device,
     );
     let (ev, samples) = (out.estimates, out.samples);
-    let x = to_array(&samples)?;
-    ndarray_npy::write_npy(dir.join("samples.npy"), &x.mapv(|v| v as f32))
+    let all = to_array(&samples)?;
+    ndarray_npy::write_npy(dir.join("samples.npy"), &all.mapv(|v| v as f32))
         .with_context(|| format!("writing {}", dir.join("samples.npy").display()))?;
+    // Sample metrics use the finite samples only; the count of the others is reported.
+    let finite: Vec<usize> = (0..all.nrows())
+        .filter(|&i| all.row(i).iter().all(|v| v.is_finite()))
+        .collect();
+    let non_finite_samples = all.nrows() - finite.len();
+    let x = all.select(ndarray::Axis(0), &finite);
     let mut out = serde_json::json!({
         "method": cfg.method, "loss": cfg.loss, "target": cfg.target, "seed": cfg.seed,
         "steps": counters.step, "batch": cfg.train.batch, "grid_steps": b.method.grid.steps(),
@@ -523,7 +529,16 @@ fn evaluate_run(
         "log_z_error_elbo".into(),
         serde_json::json!(log_z.map(|z| (ev.log_z_elbo - z).abs())),
     );
-    if let Some(reference) = reference_samples(b.target.as_ref(), cfg.eval.n_metrics.max(2)) {
+    o.insert(
+        "non_finite_samples".into(),
+        serde_json::json!(non_finite_samples),
+    );
+    let reference = if x.nrows() >= 2 {
+        reference_samples(b.target.as_ref(), cfg.eval.n_metrics.max(2))
+    } else {
+        None
+    };
+    if let Some(reference) = reference {
         let reference = reference?;
         let n = cfg.eval.n_metrics.min(x.nrows()).min(reference.nrows());
         let a = lv_metrics::report::subsample(&x, n, cfg.seed);
@@ -545,7 +560,7 @@ fn evaluate_run(
         );
         o.insert("avg_stddev".into(), serde_json::json!(se.avg_stddev));
     }
-    if let Some(centres) = lv_targets::mode_centres(&cfg.target) {
+    if let Some(centres) = lv_targets::mode_centres(&cfg.target).filter(|_| x.nrows() > 0) {
         let c = Array2::from_shape_vec(
             (centres.len(), centres[0].len()),
             centres.iter().flatten().cloned().collect(),
@@ -557,7 +572,9 @@ fn evaluate_run(
         &dir.join("results.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
-    write_plots(cfg, b, &x, dir)?;
+    if x.nrows() > 0 {
+        write_plots(cfg, b, &x, dir)?;
+    }
     Ok(out)
 }
 
