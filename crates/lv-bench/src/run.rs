@@ -47,27 +47,6 @@ pub struct Built {
     pub device: Device,
 }
 
-/// A shared potential control used as the generative control.
-struct SharedPotential(Rc<PotentialCtrl>);
-
-impl Control for SharedPotential {
-    fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
-        self.0.eval(t, x, score)
-    }
-    fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
-        self.0.eval_many(ts, x, score)
-    }
-    fn needs_target_score(&self) -> bool {
-        self.0.needs_target_score()
-    }
-    fn parameters(&self) -> Vec<Tensor> {
-        self.0.parameters()
-    }
-    fn set_clip_factor(&self, f: f64) {
-        self.0.set_clip_factor(f)
-    }
-}
-
 /// Builds method, target and controls.
 pub fn build(res: &Resolved) -> Result<Built> {
     let cfg = &res.cfg;
@@ -86,7 +65,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
             (MethodKind::Dis, Some("potential")) => {
                 let p = Rc::new(PotentialCtrl::new(&(&root / "u"), d, &cfg.model, sigma()));
                 potential = Some(p.clone());
-                (Box::new(SharedPotential(p)), None)
+                (Box::new(p), None)
             }
             (MethodKind::Bridge, _) => (
                 Box::new(LerpTargetCtrl::new(

@@ -74,23 +74,31 @@ where
     }
 }
 
-impl<C: Control + ?Sized> Control for &C {
-    fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
-        (**self).eval(t, x, score)
-    }
-    fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
-        (**self).eval_many(ts, x, score)
-    }
-    fn needs_target_score(&self) -> bool {
-        (**self).needs_target_score()
-    }
-    fn parameters(&self) -> Vec<Tensor> {
-        (**self).parameters()
-    }
-    fn set_clip_factor(&self, factor: f64) {
-        (**self).set_clip_factor(factor)
-    }
+/// Delegation for references and shared pointers, so `&C` and `Rc<C>` (one control used as
+/// the generative control and, e.g., as a potential) are controls too.
+macro_rules! delegate_control {
+    ($($ty:ty),*) => {$(
+        impl<C: Control + ?Sized> Control for $ty {
+            fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
+                (**self).eval(t, x, score)
+            }
+            fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
+                (**self).eval_many(ts, x, score)
+            }
+            fn needs_target_score(&self) -> bool {
+                (**self).needs_target_score()
+            }
+            fn parameters(&self) -> Vec<Tensor> {
+                (**self).parameters()
+            }
+            fn set_clip_factor(&self, factor: f64) {
+                (**self).set_clip_factor(factor)
+            }
+        }
+    )*};
 }
+
+delegate_control!(&C, std::rc::Rc<C>);
 
 /// Exact divergence ∇·f(x) = Σ_i ∂f_i/∂x_i of a vector field by d vector–Jacobian products,
 /// keeping the graph (`create_graph`) so the result can be differentiated w.r.t. parameters.
