@@ -23,8 +23,59 @@ fn time<T: std::fmt::Debug>(name: &str, f: impl FnOnce() -> T) {
     println!("{name:<40} {:>9.3} s   {v:?}", t.elapsed().as_secs_f64());
 }
 
+/// `--cost-files F…`: time the assignment on raw little-endian f64 square
+/// matrices (written by `benches/baselines/scipy_lsa.py --dump DIR`), with
+/// our solver and with the `lsap` port of SciPy's.
+fn cost_files(files: &[String]) {
+    for f in files {
+        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let c: Vec<f64> = bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let n = (c.len() as f64).sqrt().round() as usize;
+        assert_eq!(n * n, c.len(), "{f}: not a square matrix");
+        let mut best = f64::INFINITY;
+        let mut total = 0.0;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let a = lv_metrics::lap::solve(n, &c).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+            total = a.total_cost(&c);
+        }
+        println!(
+            "lv lap::solve  {f}: {best:.3} s (best of 3), mean cost {:.9}",
+            total / n as f64
+        );
+        let t = Instant::now();
+        let (r, k) = lsap::solve(n, n, &c, false).unwrap();
+        let tot: f64 = r.iter().zip(&k).map(|(&i, &j)| c[i * n + j]).sum();
+        println!(
+            "lsap::solve    {f}: {:.3} s, mean cost {:.9}",
+            t.elapsed().as_secs_f64(),
+            tot / n as f64
+        );
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(p) = args.iter().position(|a| a == "--cost-files") {
+        cost_files(&args[p + 1..]);
+        return;
+    }
     let large = std::env::args().any(|a| a == "--large");
+    if args.iter().any(|a| a == "--sde") {
+        let x = cloud(2000, 2, 1, 0.0);
+        let y = cloud(2000, 2, 2, 0.5);
+        for _ in 0..3 {
+            time("sinkhorn_sde 2000x2000 d=2 (100 it)", || {
+                let o = sinkhorn_sde(x.view(), y.view(), &SdeSinkhornOptions::default()).unwrap();
+                (o.value, o.iterations)
+            });
+        }
+        return;
+    }
     kernel_only();
     if std::env::args().any(|a| a == "--kernel") {
         return;

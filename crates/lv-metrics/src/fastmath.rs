@@ -88,10 +88,28 @@ fn lse_shift_impl(g: &[f64], c: &[f64], out: &mut [f64], inv_eps: f64) -> f64 {
     if !m.is_finite() {
         return m;
     }
+    // Blocks whose every term is below `m − LSE_SKIP` are skipped: each such
+    // term is < e^-50 ≈ 2e-22 of the largest one, so even 10^5 of them change
+    // the sum (≥ 1) by < 2e-17, below f64 rounding. With a small ε (the
+    // sde_sampler default 1e-3) most blocks of a row are skipped.
+    let thr = m - LSE_SKIP;
     let mut acc = [0.0f64; LANES];
     let chunks = out.chunks_exact(LANES);
     let rem = chunks.remainder();
     for ch in chunks {
+        let mut cm = [f64::NEG_INFINITY; LANES / 2];
+        for l in 0..LANES / 2 {
+            let a = ch[l];
+            let b = ch[l + LANES / 2];
+            cm[l] = if a > b { a } else { b };
+        }
+        let mut top = f64::NEG_INFINITY;
+        for c in cm {
+            top = if c > top { c } else { top };
+        }
+        if top < thr {
+            continue;
+        }
         for l in 0..LANES {
             acc[l] += exp(ch[l] - m);
         }
@@ -102,6 +120,10 @@ fn lse_shift_impl(g: &[f64], c: &[f64], out: &mut [f64], inv_eps: f64) -> f64 {
     }
     m + s.ln()
 }
+
+/// Terms more than this many nats below a row's maximum are dropped from a
+/// log-sum-exp in whole blocks (see `lse_shift_impl`).
+pub const LSE_SKIP: f64 = 50.0;
 
 /// `Σ_j exp(s_j + g_j - c_j * inv_eps) * c_j` and `Σ_j exp(...)` for one row.
 #[inline(always)]
@@ -126,6 +148,66 @@ fn plan_row_impl(s: f64, g: &[f64], c: &[f64], inv_eps: f64) -> (f64, f64) {
         pc += e * cj;
     }
     (pc, p)
+}
+
+/// Dijkstra relaxation of one row for the assignment solver:
+/// `h_j = base + c_j − vs_j`; where `h_j < dist_j`, set `dist_j = h_j` and
+/// `pred_j = i`. Returns `(min_j dist_j, first j attaining it)` after the
+/// update (`(+∞, 0)` if every `dist_j` is `+∞`).
+#[inline(always)]
+fn relax_impl(
+    c: &[f64],
+    vs: &[f64],
+    dist: &mut [f64],
+    pred: &mut [u32],
+    base: f64,
+    i: u32,
+) -> (f64, usize) {
+    let n = dist.len();
+    let (c, vs, pred) = (&c[..n], &vs[..n], &mut pred[..n]);
+    let mut acc = [f64::INFINITY; LANES];
+    let mut arg = [0u64; LANES];
+    let dc = dist.chunks_exact_mut(LANES);
+    let pc = pred.chunks_exact_mut(LANES);
+    let cc = c.chunks_exact(LANES);
+    let vc = vs.chunks_exact(LANES);
+    let rest = n - n % LANES;
+    let mut base_j = 0u64;
+    for (((d, p), c), v) in dc.zip(pc).zip(cc).zip(vc) {
+        for l in 0..LANES {
+            let h = base + c[l] - v[l];
+            let better = h < d[l];
+            d[l] = if better { h } else { d[l] };
+            p[l] = if better { i } else { p[l] };
+            let lower = d[l] < acc[l];
+            acc[l] = if lower { d[l] } else { acc[l] };
+            arg[l] = if lower { base_j + l as u64 } else { arg[l] };
+        }
+        base_j += LANES as u64;
+    }
+    // Minimum over lanes; among equal minima the smallest index.
+    let (mut m, mut a) = (f64::INFINITY, usize::MAX);
+    for l in 0..LANES {
+        if acc[l] < m || (acc[l] == m && (arg[l] as usize) < a) {
+            m = acc[l];
+            a = arg[l] as usize;
+        }
+    }
+    for j in rest..n {
+        let h = base + c[j] - vs[j];
+        if h < dist[j] {
+            dist[j] = h;
+            pred[j] = i;
+        }
+        if dist[j] < m {
+            m = dist[j];
+            a = j;
+        }
+    }
+    if m == f64::INFINITY {
+        a = 0;
+    }
+    (m, a)
 }
 
 /// `buf_j = Σ_k (x_k - yt[k*m + j])^2` (optionally square-rooted), for a
@@ -160,6 +242,17 @@ macro_rules! simd_variant {
                 super::plan_row_impl(s, g, c, inv_eps)
             }
             #[target_feature(enable = $feat)]
+            pub unsafe fn relax(
+                c: &[f64],
+                vs: &[f64],
+                dist: &mut [f64],
+                pred: &mut [u32],
+                base: f64,
+                i: u32,
+            ) -> (f64, usize) {
+                super::relax_impl(c, vs, dist, pred, base, i)
+            }
+            #[target_feature(enable = $feat)]
             pub unsafe fn dist_row(x: &[f64], yt: &[f64], m: usize, buf: &mut [f64], sqrt: bool) {
                 super::dist_row_impl(x, yt, m, buf, sqrt)
             }
@@ -177,6 +270,16 @@ mod generic {
     }
     pub fn dist_row(x: &[f64], yt: &[f64], m: usize, buf: &mut [f64], sqrt: bool) {
         super::dist_row_impl(x, yt, m, buf, sqrt)
+    }
+    pub fn relax(
+        c: &[f64],
+        vs: &[f64],
+        dist: &mut [f64],
+        pred: &mut [u32],
+        base: f64,
+        i: u32,
+    ) -> (f64, usize) {
+        super::relax_impl(c, vs, dist, pred, base, i)
     }
 }
 simd_variant!(avx512, "avx512f,avx2,fma");
@@ -247,6 +350,22 @@ pub fn plan_row(s: f64, g: &[f64], c: &[f64], inv_eps: f64) -> (f64, f64) {
 pub fn dist_row(x: &[f64], yt: &[f64], m: usize, buf: &mut [f64], sqrt: bool) {
     assert!(yt.len() == x.len() * m && buf.len() >= m);
     dispatch!(dist_row(x, yt, m, buf, sqrt))
+}
+
+/// One Dijkstra relaxation sweep of the assignment solver ([`crate::lap`]):
+/// for every `j`, `h = base + c_j − vs_j`; if `h < dist_j` then
+/// `dist_j = h`, `pred_j = i`. Returns `(min_j dist_j, first argmin)` after
+/// the sweep. Columns with `vs_j = −∞` are never updated (`h = +∞`).
+pub fn relax(
+    c: &[f64],
+    vs: &[f64],
+    dist: &mut [f64],
+    pred: &mut [u32],
+    base: f64,
+    i: u32,
+) -> (f64, usize) {
+    assert!(c.len() == dist.len() && vs.len() == dist.len() && pred.len() == dist.len());
+    dispatch!(relax(c, vs, dist, pred, base, i))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod cost;
 pub mod exact;
 pub mod fastmath;
 pub mod io;
+pub mod lap;
 pub mod marginals;
 pub mod mmd;
 pub mod particles;

@@ -219,13 +219,9 @@ fn particle_sq_distance_with(
             perms[best_i].clone()
         }
         None => {
-            let (rows, cols) =
-                lsap::solve(p, p, &dist, false).expect("finite square particle distance matrix");
-            let mut pm = vec![0; p];
-            for (r, c) in rows.into_iter().zip(cols) {
-                pm[r] = c;
-            }
-            pm
+            crate::lap::solve(p, &dist)
+                .expect("finite square particle distance matrix")
+                .col_for_row
         }
     };
     scratch.clear();
