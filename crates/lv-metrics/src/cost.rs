@@ -143,6 +143,31 @@ impl CostOp {
         }
     }
 
+    /// Entry `C[i, j]` (from the cache, or computed from the points exactly
+    /// as [`CostOp::row`] computes it, so both paths agree bit for bit).
+    #[inline]
+    pub fn entry(&self, i: usize, j: usize) -> f64 {
+        match &self.cache {
+            Some((c, _)) => c[i * self.m + j],
+            None => {
+                let (xi, yj) = (
+                    &self.x[i * self.d..(i + 1) * self.d],
+                    &self.y[j * self.d..(j + 1) * self.d],
+                );
+                let mut s = 0.0;
+                for (a, b) in xi.iter().zip(yj) {
+                    let t = a - b;
+                    s += t * t;
+                }
+                if self.kind == CostKind::Euclidean {
+                    s.sqrt()
+                } else {
+                    s
+                }
+            }
+        }
+    }
+
     /// Column `j` of `C` (length n), as [`CostOp::row`].
     #[inline]
     pub fn col<'a>(&'a self, j: usize, buf: &'a mut [f64]) -> &'a [f64] {

@@ -77,6 +77,31 @@ fn max_impl(v: &[f64]) -> f64 {
     m
 }
 
+/// `(max_j v_j, min_j v_j)` (`(-inf, +inf)` for an empty slice).
+#[inline(always)]
+fn minmax_impl(v: &[f64]) -> (f64, f64) {
+    let mut hi = [f64::NEG_INFINITY; LANES];
+    let mut lo = [f64::INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            hi[l] = if c[l] > hi[l] { c[l] } else { hi[l] };
+            lo[l] = if c[l] < lo[l] { c[l] } else { lo[l] };
+        }
+    }
+    let (mut m, mut n) = (f64::NEG_INFINITY, f64::INFINITY);
+    for (&a, &b) in hi.iter().zip(&lo) {
+        m = if a > m { a } else { m };
+        n = if b < n { b } else { n };
+    }
+    for &a in rem {
+        m = if a > m { a } else { m };
+        n = if a < n { a } else { n };
+    }
+    (m, n)
+}
+
 /// `out_j <- g_j - c_j * inv_eps`, then returns `LSE_j out_j`.
 #[inline(always)]
 fn lse_shift_impl(g: &[f64], c: &[f64], out: &mut [f64], inv_eps: f64) -> f64 {
@@ -84,24 +109,42 @@ fn lse_shift_impl(g: &[f64], c: &[f64], out: &mut [f64], inv_eps: f64) -> f64 {
     for ((o, &gj), &cj) in out.iter_mut().zip(g).zip(c) {
         *o = gj - cj * inv_eps;
     }
-    let m = max_impl(out);
+    let (m, lo) = minmax_impl(out);
     if !m.is_finite() {
         return m;
+    }
+    let mut acc = [0.0f64; LANES];
+    if m - lo < LSE_SKIP {
+        // No term can be dropped: plain vectorised sum.
+        let chunks = out.chunks_exact(LANES);
+        let rem = chunks.remainder();
+        for ch in chunks {
+            for l in 0..LANES {
+                acc[l] += exp(ch[l] - m);
+            }
+        }
+        let mut s: f64 = acc.iter().sum();
+        for &r in rem {
+            s += exp(r - m);
+        }
+        return m + s.ln();
     }
     // Blocks whose every term is below `m − LSE_SKIP` are skipped: each such
     // term is < e^-50 ≈ 2e-22 of the largest one, so even 10^5 of them change
     // the sum (≥ 1) by < 2e-17, below f64 rounding. With a small ε (the
     // sde_sampler default 1e-3) most blocks of a row are skipped.
     let thr = m - LSE_SKIP;
-    let mut acc = [0.0f64; LANES];
-    let chunks = out.chunks_exact(LANES);
-    let rem = chunks.remainder();
-    for ch in chunks {
-        let mut cm = [f64::NEG_INFINITY; LANES / 2];
-        for l in 0..LANES / 2 {
-            let a = ch[l];
-            let b = ch[l + LANES / 2];
-            cm[l] = if a > b { a } else { b };
+    const BLOCK: usize = 4 * LANES;
+    let blocks = out.chunks_exact(BLOCK);
+    let rem = blocks.remainder();
+    for b in blocks {
+        // Vertical max over the block's four lane groups, then one
+        // horizontal reduction per block.
+        let mut cm = [f64::NEG_INFINITY; LANES];
+        for ch in b.chunks_exact(LANES) {
+            for l in 0..LANES {
+                cm[l] = if ch[l] > cm[l] { ch[l] } else { cm[l] };
+            }
         }
         let mut top = f64::NEG_INFINITY;
         for c in cm {
@@ -110,8 +153,10 @@ fn lse_shift_impl(g: &[f64], c: &[f64], out: &mut [f64], inv_eps: f64) -> f64 {
         if top < thr {
             continue;
         }
-        for l in 0..LANES {
-            acc[l] += exp(ch[l] - m);
+        for ch in b.chunks_exact(LANES) {
+            for l in 0..LANES {
+                acc[l] += exp(ch[l] - m);
+            }
         }
     }
     let mut s: f64 = acc.iter().sum();
@@ -253,6 +298,10 @@ macro_rules! simd_variant {
                 super::relax_impl(c, vs, dist, pred, base, i)
             }
             #[target_feature(enable = $feat)]
+            pub unsafe fn max(v: &[f64]) -> f64 {
+                super::max_impl(v)
+            }
+            #[target_feature(enable = $feat)]
             pub unsafe fn dist_row(x: &[f64], yt: &[f64], m: usize, buf: &mut [f64], sqrt: bool) {
                 super::dist_row_impl(x, yt, m, buf, sqrt)
             }
@@ -270,6 +319,9 @@ mod generic {
     }
     pub fn dist_row(x: &[f64], yt: &[f64], m: usize, buf: &mut [f64], sqrt: bool) {
         super::dist_row_impl(x, yt, m, buf, sqrt)
+    }
+    pub fn max(v: &[f64]) -> f64 {
+        super::max_impl(v)
     }
     pub fn relax(
         c: &[f64],
@@ -350,6 +402,11 @@ pub fn plan_row(s: f64, g: &[f64], c: &[f64], inv_eps: f64) -> (f64, f64) {
 pub fn dist_row(x: &[f64], yt: &[f64], m: usize, buf: &mut [f64], sqrt: bool) {
     assert!(yt.len() == x.len() * m && buf.len() >= m);
     dispatch!(dist_row(x, yt, m, buf, sqrt))
+}
+
+/// `max_j v_j` (`-inf` for an empty slice; NaNs are ignored unless all are NaN).
+pub fn max(v: &[f64]) -> f64 {
+    dispatch!(max(v))
 }
 
 /// One Dijkstra relaxation sweep of the assignment solver ([`crate::lap`]):

@@ -40,6 +40,11 @@ pub struct SdeSinkhornOptions {
     /// Cache the dense cost matrix when `n·m` is at most this
     /// (default [`DEFAULT_CACHE_MAX_ENTRIES`]; 0 forces streaming).
     pub cache_max_entries: usize,
+    /// Keep per-row (per-column) sets of the entries that can matter and
+    /// update over those only, with a full pass whenever a proven bound says
+    /// the set may be stale (see [`LiveSets`]). Exact to f64 rounding; a
+    /// large speed-up at small ε. Default `true`.
+    pub prune: bool,
 }
 
 impl Default for SdeSinkhornOptions {
@@ -50,6 +55,7 @@ impl Default for SdeSinkhornOptions {
             tol: 1e-5,
             chunk_rows: DEFAULT_CHUNK_ROWS,
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            prune: true,
         }
     }
 }
@@ -140,6 +146,153 @@ fn plan_sums(op: &CostOp, f: &[f64], g: &[f64], eps: f64, chunk: usize) -> (f64,
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
+/// Entries kept in a live set: `z_ij ≥ max_j z_ij − LIVE_MARGIN` (nats).
+/// 120 was fastest among 70, 90, 120, 200, 350 at 2000², ε = 1e-3.
+const LIVE_MARGIN: f64 = 120.0;
+
+/// Per-row state of [`LiveSets`].
+#[derive(Clone, Default)]
+struct LiveRow {
+    /// Indices `j` with `z_ij ≥ m_i − LIVE_MARGIN` at the last full pass.
+    live: Vec<u32>,
+    /// Row too wide for a live set (or never built): always a full pass.
+    dense: bool,
+    /// `argmax_j z_ij` at the last update.
+    anchor: u32,
+    /// Bound `D_i` on how far entries outside `live` may have risen
+    /// relative to the row maximum since the last full pass.
+    drift: f64,
+}
+
+/// Pruned log-domain soft-min updates for one side of a Sinkhorn solve.
+///
+/// Write `z_ij = (g_j − C_ij)/ε` for the update of row `i` from the other
+/// potential `g`, and `m_i = max_j z_ij`. A full pass computes every `z_ij`
+/// and keeps `L_i = {j : z_ij ≥ m_i − M}` (`M` = `LIVE_MARGIN` = 120). Between two updates `g` changes
+/// by `Δ_j` (in units of ε); then for `j ∉ L_i`,
+/// `z'_ij − m'_i ≤ z_ij − m_i + max_k Δ_k − Δ_a`, where `a` is the previous
+/// argmax (because `m'_i ≥ z'_ia = m_i + Δ_a`). So with
+/// `D_i ← D_i + max_k Δ_k − Δ_a` accumulated since the last full pass,
+/// every entry outside `L_i` satisfies `z'_ij ≤ m'_i − M + D_i`. While
+/// `D_i ≤ M − 50`, those entries are more than [`fastmath::LSE_SKIP`] = 50 nats
+/// below the maximum and the update sums over `L_i` only (dropping terms
+/// below `e^-50` of the largest, as the dense kernel does); otherwise the
+/// row gets a full pass. Rows whose live set would exceed an eighth of the
+/// other side are kept dense.
+struct LiveSets {
+    rows: Vec<LiveRow>,
+    /// `g/ε` of the previous update.
+    prev: Option<Vec<f64>>,
+}
+
+impl LiveSets {
+    fn new(len: usize) -> Self {
+        LiveSets {
+            rows: vec![
+                LiveRow {
+                    dense: true,
+                    ..Default::default()
+                };
+                len
+            ],
+            prev: None,
+        }
+    }
+
+    /// Same contract as [`lse_update`].
+    fn update(
+        &mut self,
+        op: &CostOp,
+        side: Side,
+        other: &[f64],
+        eps: f64,
+        log_w: f64,
+        chunk: usize,
+    ) -> Vec<f64> {
+        let (len, olen) = match side {
+            Side::Rows => (op.n, op.m),
+            Side::Cols => (op.m, op.n),
+        };
+        debug_assert_eq!(other.len(), olen);
+        let inv_eps = 1.0 / eps;
+        let gs: Vec<f64> = other.iter().map(|&g| g * inv_eps).collect();
+        let delta: Option<(Vec<f64>, f64)> = self.prev.as_ref().map(|prev| {
+            let d: Vec<f64> = gs.iter().zip(prev).map(|(a, b)| a - b).collect();
+            let mx = d.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (d, mx)
+        });
+        let cap = (olen / 8).max(16);
+        let chunk = chunk.max(1);
+        let mut out = vec![0.0; len];
+        out.par_chunks_mut(chunk)
+            .zip(self.rows.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(ci, (oc, rc))| {
+                let mut cbuf = vec![0.0; olen];
+                let mut tbuf = vec![0.0; olen];
+                for (k, (o, r)) in oc.iter_mut().zip(rc.iter_mut()).enumerate() {
+                    let i = ci * chunk + k;
+                    let full = match &delta {
+                        None => true,
+                        Some((d, mx)) => {
+                            r.drift += mx - d[r.anchor as usize];
+                            r.dense || !(r.drift <= LIVE_MARGIN - fastmath::LSE_SKIP)
+                        }
+                    };
+                    let l = if full {
+                        let c = match side {
+                            Side::Rows => op.row(i, &mut cbuf),
+                            Side::Cols => op.col(i, &mut cbuf),
+                        };
+                        let l = fastmath::lse_shift(&gs, c, &mut tbuf, inv_eps);
+                        let m = fastmath::max(&tbuf);
+                        let thr = m - LIVE_MARGIN;
+                        r.drift = 0.0;
+                        r.live.clear();
+                        r.dense = false;
+                        let mut anchor = None;
+                        for (j, &z) in tbuf.iter().enumerate() {
+                            if z >= thr {
+                                if z == m && anchor.is_none() {
+                                    anchor = Some(j as u32);
+                                }
+                                if r.live.len() == cap {
+                                    r.dense = true;
+                                    r.live.clear();
+                                    break;
+                                }
+                                r.live.push(j as u32);
+                            }
+                        }
+                        // A dense row needs no anchor (its drift is unused).
+                        r.anchor = anchor.unwrap_or(0);
+                        l
+                    } else {
+                        let z = &mut tbuf[..r.live.len()];
+                        let (mut m, mut a) = (f64::NEG_INFINITY, 0u32);
+                        for (zz, &j) in z.iter_mut().zip(&r.live) {
+                            let c = match side {
+                                Side::Rows => op.entry(i, j as usize),
+                                Side::Cols => op.entry(j as usize, i),
+                            };
+                            *zz = gs[j as usize] - c * inv_eps;
+                            if *zz > m {
+                                m = *zz;
+                                a = j;
+                            }
+                        }
+                        r.anchor = a;
+                        let s: f64 = z.iter().map(|&v| fastmath::exp(v - m)).sum();
+                        m + s.ln()
+                    };
+                    *o = eps * (log_w - l);
+                }
+            });
+        self.prev = Some(gs);
+        out
+    }
+}
+
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter()
         .zip(b)
@@ -183,9 +336,18 @@ pub fn sinkhorn_sde(
     let mut iterations = 0;
     let mut converged = false;
     let mut error = f64::NAN;
+    let mut live_rows = LiveSets::new(n);
+    let mut live_cols = LiveSets::new(m);
     for it in 1..=opts.max_iter {
-        let u_new = lse_update(&op, Side::Rows, &v, eps, log_a, opts.chunk_rows);
-        let v_new = lse_update(&op, Side::Cols, &u_new, eps, log_b, opts.chunk_rows);
+        let (u_new, v_new) = if opts.prune {
+            let u_new = live_rows.update(&op, Side::Rows, &v, eps, log_a, opts.chunk_rows);
+            let v_new = live_cols.update(&op, Side::Cols, &u_new, eps, log_b, opts.chunk_rows);
+            (u_new, v_new)
+        } else {
+            let u_new = lse_update(&op, Side::Rows, &v, eps, log_a, opts.chunk_rows);
+            let v_new = lse_update(&op, Side::Cols, &u_new, eps, log_b, opts.chunk_rows);
+            (u_new, v_new)
+        };
         let du = max_abs_diff(&u_new, &u);
         let dv = max_abs_diff(&v_new, &v);
         u = u_new;
@@ -524,6 +686,43 @@ mod tests {
             "{} {exact}",
             out.value
         );
+    }
+
+    #[test]
+    fn pruned_updates_equal_dense_updates() {
+        // Small ε (sparse kernel: live sets used), moderate and large ε
+        // (rows fall back to dense); cached and streaming cost.
+        let x = cloud(301, 2, 11, 0.0);
+        let y = cloud(283, 2, 12, 0.4);
+        for &eps in &[1e-3, 1e-2, 0.3] {
+            for &cache in &[DEFAULT_CACHE_MAX_ENTRIES, 0] {
+                let base = SdeSinkhornOptions {
+                    eps,
+                    cache_max_entries: cache,
+                    chunk_rows: 13,
+                    ..Default::default()
+                };
+                let pruned = sinkhorn_sde(x.view(), y.view(), &base).unwrap();
+                let dense = sinkhorn_sde(
+                    x.view(),
+                    y.view(),
+                    &SdeSinkhornOptions {
+                        prune: false,
+                        ..base.clone()
+                    },
+                )
+                .unwrap();
+                assert_eq!(pruned.iterations, dense.iterations, "eps {eps}");
+                let rel = (pruned.value - dense.value).abs() / dense.value.abs();
+                assert!(
+                    rel < 1e-12,
+                    "eps {eps} cache {cache}: {} vs {}",
+                    pruned.value,
+                    dense.value
+                );
+                assert!((pruned.error - dense.error).abs() <= 1e-9 * dense.error.max(1e-12));
+            }
+        }
     }
 
     #[test]
