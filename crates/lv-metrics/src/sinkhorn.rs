@@ -236,7 +236,10 @@ impl LiveSets {
                         None => true,
                         Some((d, mx)) => {
                             r.drift += mx - d[r.anchor as usize];
-                            r.dense || !(r.drift <= LIVE_MARGIN - fastmath::LSE_SKIP)
+                            // NaN drift (non-finite potentials) also forces a full pass.
+                            r.dense
+                                || r.drift.is_nan()
+                                || r.drift > LIVE_MARGIN - fastmath::LSE_SKIP
                         }
                     };
                     let l = if full {
