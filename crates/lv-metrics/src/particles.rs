@@ -8,7 +8,7 @@ use crate::cost::check_pair;
 use crate::exact::exact_ot_cost;
 
 /// Largest particle count for which the particle assignment is solved by
-/// enumerating all permutations (6! = 720); above it `lsap` is used.
+/// enumerating all permutations (6! = 720); above it the assignment solver [`crate::lap`] is used.
 const BRUTE_FORCE_MAX: usize = 6;
 
 /// Singular value decomposition `A = U diag(s) Vᵀ` of a small square matrix
@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn large_particle_count_uses_assignment() {
-        // P = 7 > BRUTE_FORCE_MAX: lsap path; identical up to shuffle → 0.
+        // P = 7 > BRUTE_FORCE_MAX: assignment-solver path; identical up to shuffle → 0.
         let x = cloud(3, 7 * 3, 4);
         let mut y = x.clone();
         for mut row in y.rows_mut() {
