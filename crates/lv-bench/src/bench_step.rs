@@ -45,9 +45,13 @@ pub struct BenchStepArgs {
     #[arg(long)]
     pub breakdown: bool,
     /// LV replay rows per chunk (the trainer's `train.replay_rows`; 0 = the whole N·B-row
-    /// replay at once). Default: the trainer's default (32,768).
+    /// replay at once). Default: the trainer's default (8,192).
     #[arg(long)]
     pub replay_rows: Option<usize>,
+    /// LV family above 8 × replay_rows rows: use the chunked replay instead of the direct
+    /// backward through the kept controls (`train.lv_direct = false`).
+    #[arg(long)]
+    pub no_direct: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +95,9 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     if let Some(r) = args.replay_rows {
         settings.replay_rows = r;
     }
+    if args.no_direct {
+        settings.lv_direct = false;
+    }
     let mut trainer = Trainer::new(
         &built.method,
         built.target.as_ref(),
@@ -122,6 +129,19 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         None
     };
     let label = config_label(args);
+    let rows_per_chunk = trainer.settings.replay_rows;
+    let large = rows_per_chunk != 0 && args.batch * args.steps_grid > 8 * rows_per_chunk;
+    let lv_path = if !res.loss.detached() {
+        "graph".to_string()
+    } else if args.no_replay {
+        "step-by-step".to_string()
+    } else if large && !args.no_direct && built.v.is_none() {
+        "direct".to_string()
+    } else if large {
+        format!("replay, {rows_per_chunk} rows per chunk")
+    } else {
+        "replay".to_string()
+    };
     if args.json {
         let mut obj = serde_json::json!({
             "config": label,
@@ -136,6 +156,8 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "warmup": args.warmup,
             "replay": !args.no_replay,
             "replay_rows": args.replay_rows,
+            "lv_direct": !args.no_direct,
+            "lv_path": lv_path,
             "seconds": secs,
             "cpu_seconds": cpu,
             "cpu_steps_per_s": cpu_steps_per_s,
@@ -149,13 +171,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     } else {
         println!(
             "{label} ({}, threads {threads}): {steps_per_s:.3} steps/s ({:.1} ms/step, {} steps, last loss {loss:.4})",
-            if args.no_replay {
-                "step-by-step".to_string()
-            } else if let Some(r) = args.replay_rows {
-                format!("replay, {r} rows per chunk")
-            } else {
-                "replay".to_string()
-            },
+            lv_path,
             1e3 * secs / args.iters as f64,
             args.iters
         );

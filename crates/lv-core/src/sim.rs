@@ -101,6 +101,9 @@ pub struct SimOptions {
     /// Add the boundary terms (log p_prior(X_0) and the terminal term). Sub-trajectory
     /// training switches them off and adds its own learned boundary densities.
     pub boundary_terms: bool,
+    /// LV only (no inference control): keep each live control value u_k with its graph and
+    /// the derivative ∂R/∂u_k, and accumulate R without a graph ([`KeptControls`]).
+    pub keep_controls: bool,
 }
 
 impl SimOptions {
@@ -110,8 +113,25 @@ impl SimOptions {
             noise_scale: 1.0,
             record: false,
             boundary_terms: true,
+            keep_controls: false,
         }
     }
+}
+
+/// The live controls of an LV simulation and the derivatives of R with respect to them, for
+/// a backward pass without replay ([`SimOptions::keep_controls`]).
+///
+/// With w = stopgrad(u), each step's contribution to R has ∂/∂u_k = w_k − u_k = 0 from the
+/// quadratic part (forms 3.2 and 3.3: ∂/∂u[(u−r)·(w − ½(u+r))] = w − u; form 3.4 likewise)
+/// and the Itô part's coefficient: the implied increment λΔW_k (forms 3.2, 3.3) or
+/// σβ_kλξ_k (form 3.4). So ∂R/∂θ = Σ_k ⟨coef_k, ∂u_k/∂θ⟩ per trajectory, and for a loss L(R)
+/// ∇_θ L = ∂/∂θ Σ_k ⟨u_k, stopgrad(coef_k · ∂L/∂R)⟩: one backward pass through the N
+/// network evaluations of the simulation, no second forward pass.
+pub struct KeptControls {
+    /// u_k with its graph, `[n, d]` each.
+    pub us: Vec<Tensor>,
+    /// ∂R/∂u_k (detached), `[n, d]` each.
+    pub coefs: Vec<Tensor>,
 }
 
 /// What a replay needs: everything but the live controls.
@@ -140,6 +160,8 @@ pub struct SimOutput {
     pub x_final: Tensor,
     /// The recording for the replay, when asked for.
     pub recording: Option<Recording>,
+    /// The live controls and ∂R/∂u_k, when asked for.
+    pub kept: Option<KeptControls>,
 }
 
 fn rowdot(a: &Tensor, b: &Tensor) -> Tensor {
@@ -173,6 +195,13 @@ pub fn simulate_on(
         "an off-policy behaviour process is only valid for the LV loss"
     );
     let lam = opts.noise_scale;
+    let keep = opts.keep_controls;
+    assert!(
+        !keep || (mode == Mode::Lv && controls.v.is_none()),
+        "keep_controls needs the LV mode and no inference control"
+    );
+    let mut kept_u = Vec::new();
+    let mut kept_c = Vec::new();
     let n = x0.size()[0];
     let d = x0.size()[1];
     let dim = d as usize;
@@ -225,7 +254,13 @@ pub fn simulate_on(
             }
             None => (xk.shallow_clone(), None, None),
         };
-        let u = controls.u.eval(t, &xin, score.as_ref());
+        let mut u = controls.u.eval(t, &xin, score.as_ref());
+        if keep {
+            // The live u leaves with its graph; R is accumulated from the detached value.
+            let live = u;
+            u = live.detach();
+            kept_u.push(live);
+        }
         let w = if mode.grad_through_x() {
             u.shallow_clone()
         } else {
@@ -248,6 +283,9 @@ pub fn simulate_on(
                     r += rowdot(&diff, &dw) * lam;
                 }
                 x = &xk + (&xk * a + &w * sigma) * dt + dw.shallow_clone() * (sigma * lam);
+                if keep {
+                    kept_c.push(&dw * lam);
+                }
                 if opts.record {
                     rec_dw.push(dw * lam);
                 }
@@ -279,6 +317,9 @@ pub fn simulate_on(
                     r += rowdot(&s, &dw) * lam;
                 }
                 x = &xk + (&xk * a + &w * sigma) * dt + dw.shallow_clone() * (sigma * lam);
+                if keep {
+                    kept_c.push(&dw * lam);
+                }
                 if opts.record {
                     rec_dw.push(dw * lam);
                 }
@@ -296,6 +337,9 @@ pub fn simulate_on(
                     r += rowdot(&u, &xi) * (s * beta * lam);
                 }
                 x = &xk * decay + &w * (beta * beta * s * s) + &xi * (s * beta * lam);
+                if keep {
+                    kept_c.push(&xi * (s * beta * lam));
+                }
                 if opts.record {
                     rec_dw.push(xi * lam);
                 }
@@ -334,6 +378,10 @@ pub fn simulate_on(
         rnd: r,
         x_final: x,
         recording,
+        kept: keep.then_some(KeptControls {
+            us: kept_u,
+            coefs: kept_c,
+        }),
     }
 }
 

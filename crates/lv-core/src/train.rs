@@ -56,6 +56,12 @@ pub struct TrainSettings {
     /// (docs/performance.md): one piece is fastest at 25,600 rows (B = 256, N = 100), chunks
     /// of 8,192 rows are 1.6× faster than one piece at 409,600 rows (B = 2048, N = 200).
     pub replay_rows: usize,
+    /// For replays above 8 × `replay_rows` rows (and no inference control), skip the replay:
+    /// keep the live controls of the simulation with their graphs and backpropagate
+    /// Σ_k ⟨u_k, ∂R/∂u_k · ∂L/∂R⟩ ([`crate::sim::KeptControls`]): one network forward and
+    /// one backward per step instead of two forwards (docs/performance.md). `false` uses the
+    /// chunked replay there.
+    pub lv_direct: bool,
     /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
     /// linearly to 1 over the first `explore_steps` steps.
     pub explore_scale: f64,
@@ -94,6 +100,7 @@ impl Default for TrainSettings {
             max_loss_factor: 1e-4,
             replay: true,
             replay_rows: 8_192,
+            lv_direct: true,
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
@@ -315,6 +322,29 @@ impl<'a> Trainer<'a> {
                 self.subtraj_steps += 1;
                 return (loss, filtered_of(&kept), false);
             }
+        }
+        let steps = self.method.grid.steps();
+        let rows = self.settings.replay_rows;
+        let large = rows != 0 && steps * n_eff as usize > 8 * rows;
+        if self.loss.detached()
+            && self.settings.replay
+            && self.settings.lv_direct
+            && large
+            && self.controls.v.is_none()
+        {
+            // Direct LV gradient: g = dL/dR on a leaf copy of R, then one backward of
+            // Σ_k ⟨u_k, stopgrad(∂R/∂u_k · g)⟩ through the kept control graphs.
+            opts.keep_controls = true;
+            let out = simulate(self.method, self.target, self.controls, &x0, opts);
+            let kept = out.kept.expect("kept controls requested");
+            let r_leaf = out.rnd.detach().set_requires_grad(true);
+            let lv = loss_of(&r_leaf);
+            lv.loss.backward();
+            let g = r_leaf.grad().detach();
+            let us = Tensor::cat(&kept.us, 0);
+            let coefs = Tensor::cat(&kept.coefs, 0) * g.repeat([steps as i64]).unsqueeze(1);
+            (us * coefs).sum(Kind::Float).backward();
+            return (lv.loss.detach(), filtered_of(&lv.kept), true);
         }
         if self.loss.detached() && self.settings.replay {
             opts.record = true;

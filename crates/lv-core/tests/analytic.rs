@@ -305,8 +305,10 @@ fn training_reduces_the_loss() {
     assert!(last < 0.5 * first, "LV loss {first} -> {last}");
 }
 
-/// The chunked replay (backpropagating ⟨R_c, dL/dR⟩ chunk by chunk) gives the gradient of the
-/// unchunked replay and of the step-by-step path, for LV and LV per initial point.
+/// The chunked replay (backpropagating ⟨R_c, dL/dR⟩ chunk by chunk) and the direct backward
+/// through the kept controls (Σ_k ⟨u_k, ∂R/∂u_k · dL/dR⟩, no replay) give the gradient of the
+/// unchunked replay and of the step-by-step path, for LV and LV per initial point, for the
+/// three RND forms (PIS: reference SDE, DIS: time reversal, DDS: exponential integrator).
 #[test]
 fn chunked_replay_gradient_equals_full() {
     let _g = lock();
@@ -317,14 +319,20 @@ fn chunked_replay_gradient_equals_full() {
         log_z: 0.0,
     };
     for loss in [LossKind::Lv, LossKind::LvTraj { k: 4 }] {
-        for meth in [Method::pis(40).unwrap(), Method::dis(40).unwrap()] {
+        for meth in [
+            Method::pis(40).unwrap(),
+            Method::dis(40).unwrap(),
+            Method::dds(40).unwrap(),
+            Method::dds_exp().unwrap(),
+        ] {
             tch::manual_seed(21);
             let ctrl = LinearControl::new(2, true);
-            let grads = |replay: bool, rows: usize| -> Vec<Tensor> {
+            let grads = |replay: bool, rows: usize, direct: bool| -> Vec<Tensor> {
                 let s = TrainSettings {
                     batch: 32,
                     replay,
                     replay_rows: rows,
+                    lv_direct: direct,
                     ..TrainSettings::default()
                 };
                 let mut tr = Trainer::new(&meth, &target, Controls::new(&ctrl), loss, s, CPU, None);
@@ -336,15 +344,20 @@ fn chunked_replay_gradient_equals_full() {
                 }
                 ctrl.parameters().iter().map(|p| p.grad().copy()).collect()
             };
-            let reference = grads(false, 0);
-            // 0: one piece; 4: chunks of 1 step; 100: chunks of 3 steps (32 × 40 = 1280 > 8 × 100).
-            for rows in [0, 4, 100] {
-                for (ga, gb) in reference.iter().zip(&grads(true, rows)) {
+            let reference = grads(false, 0, false);
+            assert!(reference
+                .iter()
+                .any(|g| g.abs().max().double_value(&[]) > 1e-6));
+            // 0: one piece; 4: chunks of 1 step; 100: chunks of 3 steps (32 × 40 = 1280 > 8 × 100;
+            // dds_exp has 257 steps);
+            // with `direct`, 4 and 100 take the direct backward instead of the chunks.
+            for (rows, direct) in [(0, false), (4, false), (100, false), (4, true), (100, true)] {
+                for (ga, gb) in reference.iter().zip(&grads(true, rows, direct)) {
                     let rel =
                         (ga - gb).norm().double_value(&[]) / ga.norm().double_value(&[]).max(1e-12);
                     assert!(
                         rel < 1e-5,
-                        "{:?} {loss:?} rows {rows}: relative difference {rel}",
+                        "{:?} {loss:?} rows {rows} direct {direct}: relative difference {rel}",
                         meth.kind
                     );
                 }

@@ -73,8 +73,22 @@ impl Target for Funnel {
             - sq * (-&x0).exp() * 0.5
     }
 
+    /// Analytic score. CPU float32 batches without a graph (LV simulations) take a fused
+    /// host loop in f64 ([`crate::util::native_rows`]); otherwise the tensor expression,
+    /// which stays in the graph (KL).
     fn score(&self, x: &Tensor) -> Tensor {
         let m = (self.dim - 1) as f64;
+        if let Some(s) = crate::util::native_rows(x, |xr, out| {
+            let x0 = xr[0] as f64;
+            let inv_var = (-x0).exp();
+            let sq: f64 = xr[1..].iter().map(|&v| v as f64 * v as f64).sum();
+            out[0] = (-x0 / 9.0 - 0.5 * m + 0.5 * sq * inv_var) as f32;
+            for (o, &v) in out[1..].iter_mut().zip(&xr[1..]) {
+                *o = (-(v as f64) * inv_var) as f32;
+            }
+        }) {
+            return s;
+        }
         let x0 = x.narrow(1, 0, 1);
         let rest = x.narrow(1, 1, self.dim as i64 - 1);
         let inv_var = (-&x0).exp();

@@ -151,3 +151,32 @@ pub(crate) fn component_sums(x: &Tensor, c: &Tensor, f: impl Fn(Tensor) -> Tenso
 pub(crate) fn sq_dists(x: &Tensor, c: &Tensor) -> Tensor {
     component_sums(x, c, |u| u.square())
 }
+
+/// Row-wise native evaluation on the host for CPU float32 batches that need no graph.
+///
+/// For `x: [n, d]` on the CPU, of kind float32 and not requiring grad, applies
+/// `f(row, out_row)` to every row (in f64 inside `f` where it matters) and returns the `[n, d]`
+/// float32 result; otherwise `None` (CUDA, other kinds, or a graph to keep), and the caller
+/// uses its tensor path. One fused pass over a `[n, d]` batch replaces the ~10 tensor ops
+/// (each a pass over `[n, K]` or `[n, d]` plus allocation) of the tensor expression, which
+/// dominated the per-step cost of small targets at B = 2048 (docs/performance.md).
+pub(crate) fn native_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Option<Tensor> {
+    if x.device() != Device::Cpu || x.kind() != Kind::Float || x.requires_grad() {
+        return None;
+    }
+    let size = x.size();
+    if size.len() != 2 {
+        return None;
+    }
+    let (n, d) = (size[0] as usize, size[1] as usize);
+    let x = x.contiguous();
+    let mut xs = vec![0f32; n * d];
+    x.view([-1]).copy_data(&mut xs, n * d);
+    let mut out = vec![0f32; n * d];
+    if d > 0 {
+        for (xr, or) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            f(xr, or);
+        }
+    }
+    Some(Tensor::from_slice(&out).view([n as i64, d as i64]))
+}

@@ -246,6 +246,31 @@ fn scores_match_finite_differences() {
     }
 }
 
+/// Float32 CPU batches without a graph take the host loops of some targets (gmm*, fab40,
+/// funnel); they must agree with the float64 tensor path (checked against finite differences
+/// above) to float32 rounding, in the domain box and in its tails.
+#[test]
+fn float32_scores_match_float64_scores() {
+    let _g = lock();
+    for (i, n) in ALL.iter().enumerate() {
+        let t = target(n);
+        tch::manual_seed(500 + i as i64);
+        for scale in [0.5, 1.0, 1.5] {
+            let x64 = points_in_domain(t.as_ref(), 64, scale);
+            let x32 = x64.to_kind(Kind::Float);
+            let s64 = t.score(&x64);
+            let s32 = t.score(&x32).to_kind(Kind::Double);
+            assert_eq!(s32.size(), s64.size(), "{n}");
+            let err = (&s32 - &s64).abs() - (s64.abs() + 1.0) * 2e-4;
+            let worst = err.max().double_value(&[]);
+            assert!(
+                worst <= 0.0,
+                "{n}, scale {scale}: float32 score off by {worst} beyond tolerance"
+            );
+        }
+    }
+}
+
 #[test]
 fn analytic_scores_stay_in_graph() {
     let _g = lock();
