@@ -42,6 +42,16 @@ pub trait Control {
     /// Multiplies the elementwise clip values by `factor` relative to their base values
     /// (the ×5 schedule of spec §6.5). No-op for unclipped controls.
     fn set_clip_factor(&self, _factor: f64) {}
+
+    /// Announces the times of the coming [`Control::eval`] calls (a simulation's grid), so
+    /// that parts depending on t alone (time embeddings, s(t)) can be computed for all of
+    /// them in one batched call, in the current autograd mode, and looked up per step. Calls
+    /// at other times still work. The simulation calls [`Control::clear_times`] when done, so
+    /// nothing computed with old parameters is reused. Default: no-op.
+    fn prepare_times(&self, _ts: &[f64]) {}
+
+    /// Drops what [`Control::prepare_times`] computed.
+    fn clear_times(&self) {}
 }
 
 /// A control that is the gradient of a learned scalar Φ(t, x) (potential parametrisation,
@@ -93,6 +103,12 @@ macro_rules! delegate_control {
             }
             fn set_clip_factor(&self, factor: f64) {
                 (**self).set_clip_factor(factor)
+            }
+            fn prepare_times(&self, ts: &[f64]) {
+                (**self).prepare_times(ts)
+            }
+            fn clear_times(&self) {
+                (**self).clear_times()
             }
         }
     )*};

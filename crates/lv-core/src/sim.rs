@@ -164,6 +164,28 @@ pub struct SimOutput {
     pub kept: Option<KeptControls>,
 }
 
+/// Calls [`Control::prepare_times`] on the controls and [`Control::clear_times`] on drop.
+struct PreparedTimes<'a>(Controls<'a>);
+
+impl<'a> PreparedTimes<'a> {
+    fn new(controls: Controls<'a>, ts: &[f64]) -> Self {
+        controls.u.prepare_times(ts);
+        if let Some(v) = controls.v {
+            v.prepare_times(ts);
+        }
+        Self(controls)
+    }
+}
+
+impl Drop for PreparedTimes<'_> {
+    fn drop(&mut self) {
+        self.0.u.clear_times();
+        if let Some(v) = self.0.v {
+            v.clear_times();
+        }
+    }
+}
+
 fn rowdot(a: &Tensor, b: &Tensor) -> Tensor {
     (a * b).sum_dim_intlist([1i64].as_slice(), false, a.kind())
 }
@@ -214,6 +236,8 @@ pub fn simulate_on(
         r += method.prior.log_prob(&x);
     }
     let steps = grid.steps();
+    // Time-only parts of the controls for all grid times at once; cleared on return.
+    let _prepared = PreparedTimes::new(controls, &grid.points()[..steps]);
     let mut rec_x = Vec::new();
     let mut rec_s = Vec::new();
     let mut rec_w = Vec::new();

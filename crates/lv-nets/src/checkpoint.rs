@@ -121,6 +121,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_atomicity() {
+        let _rng = lv_core::testing::rng_lock();
         let dir = temp_dir("rt");
         let path = dir.join("ckpt.safetensors");
         let a = Tensor::randn([3, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
@@ -177,6 +178,7 @@ mod tests {
 
     #[test]
     fn var_store_load() {
+        let _rng = lv_core::testing::rng_lock();
         let dir = temp_dir("vs");
         let path = dir.join("net.safetensors");
         let cfg = MlpConfig::default();

@@ -165,6 +165,12 @@ impl Control for ClippedCtrl {
     fn set_clip_factor(&self, factor: f64) {
         self.clips.set(factor)
     }
+    fn prepare_times(&self, ts: &[f64]) {
+        self.net.prepare_times(ts)
+    }
+    fn clear_times(&self) {
+        self.net.clear_times()
+    }
 }
 
 /// Langevin-preconditioned control of PIS and DDS:
@@ -228,6 +234,14 @@ impl Control for ScoreCtrl {
     }
     fn set_clip_factor(&self, factor: f64) {
         self.clips.set(factor)
+    }
+    fn prepare_times(&self, ts: &[f64]) {
+        self.net.prepare_times(ts);
+        self.scale.prepare_times(ts);
+    }
+    fn clear_times(&self) {
+        self.net.clear_times();
+        self.scale.clear_times();
     }
 }
 
@@ -355,19 +369,18 @@ impl LerpCtrl {
 
 impl Control for LerpCtrl {
     fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
-        let dev = x.device();
-        let w = Tensor::from(t / self.horizon)
-            .to_kind(Kind::Float)
-            .to_device(dev);
-        let sigma = Tensor::from(self.sigma(t))
-            .to_kind(Kind::Float)
-            .to_device(dev);
-        self.combine(
-            self.net.forward_t(t, x),
-            &sigma,
-            self.lerp(&w, x, score),
-            self.scale.forward_t(t),
-        )
+        // Scalar weights: no host-to-device tensors per step.
+        let w = t / self.horizon;
+        let prior = || x * (-(1.0 - w) / self.prior_var);
+        let target = || require_score(score, "LerpCtrl (target term)") * w;
+        let lerp = match self.terms {
+            LerpTerms::Both => prior() + target(),
+            LerpTerms::Target => target(),
+            LerpTerms::Prior => prior(),
+        };
+        let (cm, cs) = (self.clips.m(), self.clips.s());
+        clip(&self.net.forward_t(t, x), cm)
+            + clip(&lerp, cs) * clip(&self.scale.forward_t(t), cm) * self.sigma(t)
     }
     fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
         let n = rows_per_time(ts, x);
@@ -391,6 +404,14 @@ impl Control for LerpCtrl {
     }
     fn set_clip_factor(&self, factor: f64) {
         self.clips.set(factor)
+    }
+    fn prepare_times(&self, ts: &[f64]) {
+        self.net.prepare_times(ts);
+        self.scale.prepare_times(ts);
+    }
+    fn clear_times(&self) {
+        self.net.clear_times();
+        self.scale.clear_times();
     }
 }
 
@@ -459,6 +480,12 @@ macro_rules! delegate_control {
             }
             fn set_clip_factor(&self, factor: f64) {
                 self.0.set_clip_factor(factor)
+            }
+            fn prepare_times(&self, ts: &[f64]) {
+                self.0.prepare_times(ts)
+            }
+            fn clear_times(&self) {
+                self.0.clear_times()
             }
         }
     };
@@ -644,6 +671,7 @@ mod tests {
 
     #[test]
     fn clipped_ctrl() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let c = ClippedCtrl::new(&vs.root(), 2, &CtrlConfig::default());
@@ -664,6 +692,7 @@ mod tests {
 
     #[test]
     fn score_ctrl_at_init_and_clip_factor() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let c = ScoreCtrl::new(&vs.root(), 2, &CtrlConfig::default());
@@ -706,6 +735,7 @@ mod tests {
 
     #[test]
     fn lerp_ctrl_at_init() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let prior_std = 2.0;
@@ -745,6 +775,7 @@ mod tests {
 
     #[test]
     fn lerp_bridge_variants() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let sigma = || -> SigmaFn { Box::new(|_t: f64| 1.0) };
@@ -782,6 +813,7 @@ mod tests {
 
     #[test]
     fn potential_ctrl_matches_finite_differences() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(3);
         let vs = VarStore::new(Device::Cpu);
         let cfg = CtrlConfig {
@@ -829,6 +861,7 @@ mod tests {
 
     #[test]
     fn potential_clip_zeroes_the_control() {
+        let _rng = lv_core::testing::rng_lock();
         let vs = VarStore::new(Device::Cpu);
         let c = PotentialCtrl::new(&vs.root(), 2, &CtrlConfig::default(), vp_sigma());
         randomize(&vs);
@@ -844,6 +877,7 @@ mod tests {
     /// Runs only where libtorch sees a GPU: every control on CUDA, eval_many vs eval.
     #[test]
     fn cuda_smoke_if_available() {
+        let _rng = lv_core::testing::rng_lock();
         if !tch::Cuda::is_available() {
             return;
         }

@@ -159,6 +159,27 @@ impl FourierEmbedding {
     }
 }
 
+/// Values of a time-only branch at prepared times: `[K, C]` rows looked up by exact time.
+#[derive(Debug, Default)]
+struct TimeCache(std::sync::Mutex<Option<(Vec<f64>, Tensor)>>);
+
+impl TimeCache {
+    fn set(&self, ts: &[f64], values: Tensor) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((ts.to_vec(), values));
+    }
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    /// Row `[1, C]` for time `t`, if prepared (a view: its gradient flows to the `[K, C]`
+    /// values computed in `set`).
+    fn lookup(&self, t: f64) -> Option<Tensor> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (ts, v) = g.as_ref()?;
+        let k = ts.iter().position(|&s| s == t)?;
+        Some(v.narrow(0, k as i64, 1))
+    }
+}
+
 /// FourierMLP (spec §6.2), the base network NN(t, x) of every control:
 ///
 /// - time branch e_t = Lin_{C→C}(GELU(Lin_{2F→C}(features(t)))), no activation at the end;
@@ -170,6 +191,7 @@ impl FourierEmbedding {
 /// With the defaults and d = d_out = 2 it has 21 122 trainable parameters.
 #[derive(Debug)]
 pub struct FourierMlp {
+    cache: TimeCache,
     emb: FourierEmbedding,
     time1: nn::Linear,
     time2: nn::Linear,
@@ -195,6 +217,7 @@ impl FourierMlp {
             .collect();
         let out = const_linear(p / "out", c, out_dim, 0.0);
         Self {
+            cache: TimeCache::default(),
             emb,
             time1,
             time2,
@@ -240,10 +263,26 @@ impl FourierMlp {
         self.out.forward(&gelu(&h))
     }
 
-    /// NN(t, x) at one raw time `t` for `x: [n, d]`: `[n, d_out]`.
+    /// NN(t, x) at one raw time `t` for `x: [n, d]`: `[n, d_out]`. Uses the embedding of
+    /// `t` from [`FourierMlp::prepare_times`] when there is one.
     pub fn forward_t(&self, t: f64, x: &Tensor) -> Tensor {
-        let e = self.time_embedding(&times_tensor(&[t], self.device()));
+        let e = self
+            .cache
+            .lookup(t)
+            .unwrap_or_else(|| self.time_embedding(&times_tensor(&[t], self.device())));
         self.trunk(x, &e)
+    }
+
+    /// Computes the time embeddings e_t of all `ts` in one call (in the current autograd
+    /// mode) for later [`FourierMlp::forward_t`] calls at those times.
+    pub fn prepare_times(&self, ts: &[f64]) {
+        let e = self.time_embedding(&times_tensor(ts, self.device()));
+        self.cache.set(ts, e);
+    }
+
+    /// Drops the prepared embeddings.
+    pub fn clear_times(&self) {
+        self.cache.clear();
     }
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are
@@ -294,6 +333,7 @@ impl FourierMlp {
 /// s(t) ≡ `init_bias` at initialisation. `out` is 1, or d for the `*_dim` variants.
 #[derive(Debug)]
 pub struct TimeNet {
+    cache: TimeCache,
     emb: FourierEmbedding,
     layers: Vec<nn::Linear>,
     out: nn::Linear,
@@ -313,6 +353,7 @@ impl TimeNet {
         ];
         let out = const_linear(p / "out", c, out_dim, init_bias);
         Self {
+            cache: TimeCache::default(),
             emb,
             layers,
             out,
@@ -334,9 +375,23 @@ impl TimeNet {
         self.out.forward(&h)
     }
 
-    /// s at one raw time: `[1, out]` (broadcasts over a batch).
+    /// s at one raw time: `[1, out]` (broadcasts over a batch); from
+    /// [`TimeNet::prepare_times`] when `t` was prepared.
     pub fn forward_t(&self, t: f64) -> Tensor {
-        self.forward(&times_tensor(&[t], self.emb.device()))
+        self.cache
+            .lookup(t)
+            .unwrap_or_else(|| self.forward(&times_tensor(&[t], self.emb.device())))
+    }
+
+    /// Computes s at all `ts` in one call for later [`TimeNet::forward_t`] calls.
+    pub fn prepare_times(&self, ts: &[f64]) {
+        let s = self.forward(&times_tensor(ts, self.emb.device()));
+        self.cache.set(ts, s);
+    }
+
+    /// Drops the prepared values.
+    pub fn clear_times(&self) {
+        self.cache.clear();
     }
 
     /// s at the times `ts`, each row repeated `n` times: `[K·n, out]`.
@@ -400,6 +455,7 @@ pub(crate) mod tests {
 
     #[test]
     fn initialisation() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
         let net = FourierMlp::new(&vs.root(), 3, 3, &MlpConfig::default());
@@ -424,8 +480,60 @@ pub(crate) mod tests {
         assert!(sd > 0.6 && sd < 1.4, "phase std {sd}");
     }
 
+    /// Prepared time embeddings / s(t) give the same values and parameter gradients as the
+    /// per-call computation; unprepared times still work; clearing drops the cache.
+    #[test]
+    fn prepared_times_match_per_call() {
+        let _rng = lv_core::testing::rng_lock();
+        tch::manual_seed(2);
+        let vs = VarStore::new(Device::Cpu);
+        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
+        let s = TimeNet::new(&(vs.root() / "s"), 2, 0.5, &MlpConfig::default());
+        randomize(&vs);
+        let ts = [0.0, 0.37, 1.0, 4.9];
+        let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+        let params = vs.trainable_variables();
+        let grads = |prepare: bool| -> (Tensor, Vec<Tensor>) {
+            for p in &params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            if prepare {
+                net.prepare_times(&ts);
+                s.prepare_times(&ts);
+            }
+            // 0.5 is not prepared: computed per call either way.
+            let out = Tensor::cat(
+                &[1usize, 3, 1]
+                    .iter()
+                    .map(|&k| net.forward_t(ts[k], &x) * s.forward_t(ts[k]))
+                    .chain(std::iter::once(net.forward_t(0.5, &x)))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            out.square().sum(Kind::Float).backward();
+            net.clear_times();
+            s.clear_times();
+            (
+                out.detach(),
+                params.iter().map(|p| p.grad().copy()).collect(),
+            )
+        };
+        let (a, ga) = grads(false);
+        let (b, gb) = grads(true);
+        assert!(max_abs_diff(&a, &b) < 1e-5, "values differ");
+        for (x, y) in ga.iter().zip(&gb) {
+            let scale = x.abs().max().double_value(&[]).max(1e-6);
+            assert!(max_abs_diff(x, y) < 1e-4 * scale, "gradients differ");
+        }
+        assert!(net.cache.lookup(ts[1]).is_none() && s.cache.lookup(ts[1]).is_none());
+    }
+
     #[test]
     fn forward_many_equals_loop() {
+        let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
         let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
