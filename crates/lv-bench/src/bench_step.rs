@@ -254,6 +254,33 @@ fn breakdown(tr: &mut Trainer<'_>, reps: usize) -> Vec<(String, f64)> {
         }
         ctrl_s += t.elapsed().as_secs_f64();
     }
+    // The direct LV path: simulation keeping the control graphs, then dL/dR and the one
+    // backward through them.
+    let (mut direct_sim, mut direct_bwd) = (0.0, 0.0);
+    let direct = tr.loss.detached() && tr.settings.replay && tr.controls.v.is_none();
+    if direct {
+        for _ in 0..reps {
+            let x0 = tr.method.prior.sample(n, d, tr.device);
+            tr.adam.zero_grad();
+            let t = Instant::now();
+            let mut opts = SimOptions::new(mode);
+            opts.keep_controls = true;
+            let out = simulate(tr.method, tr.target, tr.controls, &x0, opts);
+            let _ = f64::try_from(out.rnd.sum(tch::Kind::Float));
+            direct_sim += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let kept = out.kept.expect("kept controls");
+            let r_leaf = out.rnd.detach().set_requires_grad(true);
+            let lv = batch_loss(tr.loss, &r_leaf, tr.settings.max_rnd, tr.target.dim(), None);
+            lv.loss.backward();
+            let g = r_leaf.grad().detach();
+            let us = tch::Tensor::cat(&kept.us, 0);
+            let coefs = tch::Tensor::cat(&kept.coefs, 0) * g.repeat([steps as i64]).unsqueeze(1);
+            (us * coefs).sum(tch::Kind::Float).backward();
+            direct_bwd += t.elapsed().as_secs_f64();
+        }
+        tr.adam.zero_grad();
+    }
     let ms = |s: f64| 1e3 * s / reps as f64;
     let mut v = vec![(
         if tr.loss.detached() && tr.settings.replay {
@@ -274,6 +301,10 @@ fn breakdown(tr: &mut Trainer<'_>, reps: usize) -> Vec<(String, f64)> {
         ms(loss_graph),
     ));
     v.push(("backward".to_string(), ms(backward)));
+    if direct {
+        v.push(("direct: sim (kept graph)".to_string(), ms(direct_sim)));
+        v.push(("direct: loss + backward".to_string(), ms(direct_bwd)));
+    }
     v.push((format!("  of sim: score x{steps}"), ms(score_s)));
     v.push((format!("  of sim: u.eval x{steps}"), ms(ctrl_s)));
     v.push(("full step".to_string(), ms(full)));
