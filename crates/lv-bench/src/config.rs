@@ -226,6 +226,14 @@ impl RunConfig {
         if method == MethodKind::Bridge && loss == LossKind::Moment {
             bail!("the moment loss is not wired for the bridge in this version");
         }
+        if method == MethodKind::Bridge && target.zero_com().is_some() {
+            bail!(
+                "key `method`: target `{}` keeps states in the zero-centre-of-mass subspace, \
+                 which the bridge (inference control with a divergence term) does not support; \
+                 use pis, dis or dds",
+                self.target
+            );
+        }
         Ok(Resolved {
             cfg: self,
             method,
@@ -303,6 +311,16 @@ mod tests {
         assert!(bad("method=mcmc").contains("mcmc"));
         assert!(bad("loss=elbo").contains("elbo"));
         assert!(bad("dim=7").contains("dimension 7"));
+        let c =
+            RunConfig::parse(BASE, &["target=\"dw4\"".into(), "method=\"bridge\"".into()]).unwrap();
+        let e = format!(
+            "{:#}",
+            c.validate().err().expect("bridge on dw4 is rejected")
+        );
+        assert!(
+            e.contains("zero-centre-of-mass") && e.contains("dw4"),
+            "{e}"
+        );
         assert!(bad("train.batch=1").contains("train.batch"));
         let c =
             RunConfig::parse(BASE, &["loss=kl".into(), "train.explore_scale=2.0".into()]).unwrap();

@@ -20,6 +20,7 @@ pub mod optim;
 pub mod prior;
 pub mod sde;
 pub mod sim;
+pub mod subspace;
 pub mod subtraj;
 pub mod target;
 pub mod testing;

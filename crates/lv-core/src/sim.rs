@@ -17,7 +17,8 @@
 
 use crate::control::{divergence_exact, divergence_hutchinson, Control};
 use crate::method::{Method, RndForm};
-use crate::prior::gauss_log_prob;
+use crate::prior::{gauss_log_prob, Prior};
+use crate::subspace::{project_opt, ZeroCom};
 use crate::target::Target;
 use tch::{Kind, Tensor};
 
@@ -150,6 +151,9 @@ pub struct Recording {
     pub constant: Tensor,
     /// Batch size n.
     pub n: i64,
+    /// The zero-centre-of-mass subspace of the target, if any: replayed controls are
+    /// projected onto it as in the simulation.
+    pub zero_com: Option<ZeroCom>,
 }
 
 /// The output of one simulation.
@@ -218,6 +222,16 @@ pub fn simulate_on(
     );
     let lam = opts.noise_scale;
     let keep = opts.keep_controls;
+    // Particle systems: states, noises and controls live in the zero-CoM subspace.
+    let zc = target.zero_com();
+    assert!(
+        zc.is_none() || controls.v.is_none(),
+        "target `{}` keeps states in the zero-centre-of-mass subspace, which methods with an \
+         inference control (bridge) do not support",
+        target.name()
+    );
+    let x0_projected = project_opt(zc, x0);
+    let x0 = &x0_projected;
     assert!(
         !keep || (mode == Mode::Lv && controls.v.is_none()),
         "keep_controls needs the LV mode and no inference control"
@@ -233,7 +247,7 @@ pub fn simulate_on(
     let mut x = x0.detach();
     let mut r = Tensor::zeros([n], opts_t);
     if opts.boundary_terms && method.form == RndForm::TimeReversal && mode.prior_term() {
-        r += method.prior.log_prob(&x);
+        r += prior_log_prob(&method.prior, &x, zc);
     }
     let steps = grid.steps();
     // Time-only parts of the controls for all grid times at once; cleared on return.
@@ -278,7 +292,7 @@ pub fn simulate_on(
             }
             None => (xk.shallow_clone(), None, None),
         };
-        let mut u = controls.u.eval(t, &xin, score.as_ref());
+        let mut u = project_opt(zc, &controls.u.eval(t, &xin, score.as_ref()));
         if keep {
             // The live u leaves with its graph; R is accumulated from the detached value.
             let live = u;
@@ -290,7 +304,7 @@ pub fn simulate_on(
         } else {
             u.detach()
         };
-        let xi = Tensor::randn([n, d], opts_t);
+        let xi = project_opt(zc, &Tensor::randn([n, d], opts_t));
         match method.form {
             RndForm::Reference { .. } => {
                 let rs = method.ref_scale(t);
@@ -378,7 +392,7 @@ pub fn simulate_on(
         }
     }
     let terminal = if opts.boundary_terms {
-        terminal_term(method, target, &x)
+        terminal_term(method, target, &x, zc)
     } else {
         Tensor::zeros([n], opts_t)
     };
@@ -386,7 +400,7 @@ pub fn simulate_on(
     let recording = opts.record.then(|| {
         let mut constant = terminal.detach();
         if opts.boundary_terms && method.form == RndForm::TimeReversal && mode.prior_term() {
-            constant += method.prior.log_prob(x0);
+            constant += prior_log_prob(&method.prior, x0, zc);
         }
         Recording {
             ts: grid.points()[..steps].to_vec(),
@@ -396,6 +410,7 @@ pub fn simulate_on(
             dws: Tensor::cat(&rec_dw, 0),
             constant,
             n,
+            zero_com: zc,
         }
     });
     SimOutput {
@@ -411,12 +426,28 @@ pub fn simulate_on(
 
 /// The terminal part of R: log p_ref(X_N) − log ρ(X_N) (forms 3.3, 3.4) or −log ρ(X_N)
 /// (form 3.2).
-fn terminal_term(method: &Method, target: &dyn Target, x: &Tensor) -> Tensor {
+fn terminal_term(method: &Method, target: &dyn Target, x: &Tensor, zc: Option<ZeroCom>) -> Tensor {
     let log_rho = target.log_density(x);
+    // Reference marginals N(0, std² I) of the subspace when states live in one.
+    let gauss = |std: f64| match zc {
+        Some(z) => gauss_log_prob(x, std) + z.gauss_log_norm_correction(std),
+        None => gauss_log_prob(x, std),
+    };
     match method.form {
         RndForm::TimeReversal => -log_rho,
-        RndForm::Reference { .. } => gauss_log_prob(x, 1.0) - log_rho,
-        RndForm::ExpIntegrator { sigma, .. } => gauss_log_prob(x, sigma) - log_rho,
+        RndForm::Reference { .. } => gauss(1.0) - log_rho,
+        RndForm::ExpIntegrator { sigma, .. } => gauss(sigma) - log_rho,
+    }
+}
+
+/// log p_prior(x), of the subspace's Gaussian when states live in the zero-CoM subspace.
+fn prior_log_prob(prior: &Prior, x: &Tensor, zc: Option<ZeroCom>) -> Tensor {
+    let lp = prior.log_prob(x);
+    match (zc, *prior) {
+        (Some(z), Prior::Gauss { std } | Prior::TruncGauss { std, .. }) => {
+            lp + z.gauss_log_norm_correction(std)
+        }
+        _ => lp,
     }
 }
 
@@ -454,6 +485,7 @@ pub fn replay_lv_steps(
         dws: rows(&rec.dws),
         constant: rec.constant.shallow_clone(),
         n,
+        zero_com: rec.zero_com,
     };
     replay_terms(method, grid, controls, &part, k0)
 }
@@ -487,7 +519,10 @@ fn replay_terms(
     let scores = rec.scores.as_ref();
     match method.form {
         RndForm::Reference { .. } => {
-            let u = controls.u.eval_many(&rec.ts, &rec.xs, scores);
+            let u = project_opt(
+                rec.zero_com,
+                &controls.u.eval_many(&rec.ts, &rec.xs, scores),
+            );
             let rs = col(&|k| method.ref_scale(rec.ts[k]));
             let dt = col(&|k| grid.dt(k0 + k));
             let ref_u = &rec.xs * rs;
@@ -510,7 +545,7 @@ fn replay_terms(
                 }
                 None => (rec.xs.shallow_clone(), None, None),
             };
-            let u = controls.u.eval_many(&rec.ts, &xin, scores);
+            let u = project_opt(rec.zero_com, &controls.u.eval_many(&rec.ts, &xin, scores));
             let (s, half) = match v.as_ref() {
                 Some(v) => (&u + v, (&u - v) * 0.5),
                 None => (u.shallow_clone(), &u * 0.5),
@@ -524,7 +559,10 @@ fn replay_terms(
             sum_per_traj(per_row)
         }
         RndForm::ExpIntegrator { alpha, sigma: s } => {
-            let u = controls.u.eval_many(&rec.ts, &rec.xs, scores);
+            let u = project_opt(
+                rec.zero_com,
+                &controls.u.eval_many(&rec.ts, &rec.xs, scores),
+            );
             let b2 = col(&|k| {
                 let b = (alpha * grid.dt(k0 + k).sqrt()).clamp(0.0, 1.0);
                 b * b * s * s

@@ -51,6 +51,12 @@ pub trait Target: Send + Sync {
     fn reference_samples(&self) -> Option<Result<Tensor>> {
         None
     }
+
+    /// For translation-invariant particle systems: the zero-centre-of-mass subspace in which
+    /// samplers keep their states ([`crate::subspace`]). Default: none (all of R^d).
+    fn zero_com(&self) -> Option<crate::subspace::ZeroCom> {
+        None
+    }
 }
 
 /// Exact sampling from p_target = ρ/Z, using torch's global generator (seed it with
@@ -165,6 +171,9 @@ impl<T: Target> Target for CountingTarget<T> {
     }
     fn reference_samples(&self) -> Option<Result<Tensor>> {
         self.inner.reference_samples()
+    }
+    fn zero_com(&self) -> Option<crate::subspace::ZeroCom> {
+        self.inner.zero_com()
     }
 }
 

@@ -37,6 +37,56 @@ impl Target for ScaledGauss {
     }
 }
 
+/// A translation-invariant "particle" Gaussian: P particles of dimension k,
+/// ρ(x) = exp(−|Πx|²/(2s²)) with Π the zero-centre-of-mass projection. Not normalisable on
+/// R^{P·k}; on the zero-CoM subspace log Z = ((P − 1)k/2)·log(2πs²).
+#[derive(Clone, Debug)]
+pub struct ZeroComGauss {
+    pub particles: usize,
+    pub dim: usize,
+    pub std: f64,
+}
+
+impl ZeroComGauss {
+    fn zc(&self) -> crate::subspace::ZeroCom {
+        crate::subspace::ZeroCom {
+            particles: self.particles,
+            dim: self.dim,
+        }
+    }
+}
+
+impl Target for ZeroComGauss {
+    fn name(&self) -> &str {
+        "zero_com_gauss"
+    }
+    fn dim(&self) -> usize {
+        self.particles * self.dim
+    }
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        let px = self.zc().project(x);
+        px.square()
+            .sum_dim_intlist([1i64].as_slice(), false, x.kind())
+            * (-0.5 / (self.std * self.std))
+    }
+    fn score(&self, x: &Tensor) -> Tensor {
+        -self.zc().project(x) / (self.std * self.std)
+    }
+    fn score_in_graph(&self) -> bool {
+        true
+    }
+    fn log_z(&self) -> Option<f64> {
+        let k = ((self.particles - 1) * self.dim) as f64;
+        Some(0.5 * k * (2.0 * std::f64::consts::PI * self.std * self.std).ln())
+    }
+    fn domain(&self) -> Vec<(f64, f64)> {
+        vec![(-5.0 * self.std, 5.0 * self.std); self.dim()]
+    }
+    fn zero_com(&self) -> Option<crate::subspace::ZeroCom> {
+        Some(self.zc())
+    }
+}
+
 /// Wraps a target and returns NaN for log ρ where the first coordinate exceeds `threshold`.
 pub struct NanAbove<T> {
     pub inner: T,

@@ -55,14 +55,20 @@ pub fn dw4_energy(x: &Tensor) -> Tensor {
 ///
 /// ρ is invariant under translations, rotations, reflections and particle permutations; states
 /// live in the **zero-centre-of-mass subspace** (subtract the particle mean, [`remove_mean`]).
-/// ρ is not integrable on R⁸, and **log Z is not defined/used** (`None`). Score: autograd
-/// default.
+/// ρ is not integrable on R⁸, and **log Z is not defined/used** (`None`). Score: analytic,
+/// ∇_{x_i} log ρ = −Σ_{j≠i} E′(d_ij)(x_i − x_j)/d_ij with E′(d) = 4a(d − d₀)³ + 2b(d − d₀),
+/// detached like the generic autograd score; a pair of coincident particles (d_ij = 0, where
+/// E is not differentiable: a cone, E′(0) ≠ 0) contributes 0. This matters for PIS, whose
+/// Dirac prior starts every particle at the origin: autograd gives NaN there.
 ///
 /// **Reference samples**: the test split of Klein et al. 2023 (`test_split_DW4.npy` from
 /// jarridrb/DEM, float32 `[10000, 8]`), centred on loading and returned as float64. Its mean
 /// energy is ≈ −22.4504.
 ///
 /// Domain: ±5 per coordinate (centred reference coordinates lie within ±4.1).
+///
+/// [`Target::zero_com`] is (4, 2): simulations project prior samples, noise and controls onto
+/// the zero-centre-of-mass subspace.
 pub struct Dw4;
 
 impl Target for Dw4 {
@@ -78,6 +84,26 @@ impl Target for Dw4 {
         -dw4_energy(x)
     }
 
+    fn score(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let (p, k) = (DW4_PARTICLES as i64, DW4_SPATIAL as i64);
+            let v = x.detach().reshape([-1, p, k]);
+            // diff[n, i, j, :] = x_i − x_j, d[n, i, j] = ‖x_i − x_j‖.
+            let diff = v.unsqueeze(2) - v.unsqueeze(1);
+            let d = diff
+                .square()
+                .sum_dim_intlist(-1, false, None::<Kind>)
+                .sqrt();
+            let u = &d - DW4_D0;
+            let de = u.pow_tensor_scalar(3.0) * (4.0 * DW4_A) + &u * (2.0 * DW4_B);
+            let pos = d.gt(0.0);
+            let safe_d = d.where_self(&pos, &d.ones_like());
+            let coef = (de / safe_d).where_self(&pos, &d.zeros_like());
+            let g = (coef.unsqueeze(-1) * diff).sum_dim_intlist(2, false, None::<Kind>);
+            (-g).reshape([-1, p * k])
+        })
+    }
+
     /// Not defined (translation-invariant density).
     fn log_z(&self) -> Option<f64> {
         None
@@ -89,5 +115,14 @@ impl Target for Dw4 {
 
     fn reference_samples(&self) -> Option<Result<Tensor>> {
         Some(load_npy_f32(DW4_TEST_SPLIT, "dw4 test split").map(|x| remove_mean(&x)))
+    }
+
+    /// 4 particles in 2-D: samplers keep states in the zero-centre-of-mass subspace
+    /// (`benchmarks.md` §3.7), where exp(−E) is normalisable.
+    fn zero_com(&self) -> Option<lv_core::subspace::ZeroCom> {
+        Some(lv_core::subspace::ZeroCom {
+            particles: DW4_PARTICLES,
+            dim: DW4_SPATIAL,
+        })
     }
 }

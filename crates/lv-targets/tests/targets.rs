@@ -755,6 +755,26 @@ fn mos_marginals_are_student_t() {
 // Reference samples and data
 // ------------------------------------------------------------------------------------------
 
+/// dw4's analytic score is finite where particles coincide (PIS starts all of them at the
+/// origin) and sums to zero over the particles (translation invariance).
+#[test]
+fn dw4_score_at_coincident_particles_and_translation_invariance() {
+    let _g = lock();
+    let t = target("dw4");
+    let z = Tensor::zeros([3, 8], (Kind::Float, Device::Cpu));
+    let s = t.score(&z);
+    assert_eq!(s.isfinite().all().int64_value(&[]), 1);
+    assert_eq!(s.abs().max().double_value(&[]), 0.0);
+    tch::manual_seed(17);
+    let x = Tensor::randn([16, 8], (Kind::Double, Device::Cpu)) * 2.0;
+    let com = t
+        .score(&x)
+        .reshape([16, 4, 2])
+        .sum_dim_intlist(1, false, None::<Kind>);
+    assert!(com.abs().max().double_value(&[]) < 1e-9);
+    assert_eq!(t.zero_com().map(|z| (z.particles, z.dim)), Some((4, 2)));
+}
+
 #[test]
 fn dw4_reference_set() {
     let _g = lock();
