@@ -135,7 +135,11 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         "graph".to_string()
     } else if args.no_replay {
         "step-by-step".to_string()
-    } else if large && !args.no_direct && built.v.is_none() {
+    } else if large
+        && !args.no_direct
+        && built.v.is_none()
+        && args.batch * args.steps_grid <= trainer.settings.lv_direct_max_rows
+    {
         "direct".to_string()
     } else if large {
         format!("replay, {rows_per_chunk} rows per chunk")

@@ -62,6 +62,11 @@ pub struct TrainSettings {
     /// one backward per step instead of two forwards (docs/performance.md). `false` uses the
     /// chunked replay there.
     pub lv_direct: bool,
+    /// The direct path keeps every step's network activations until the backward (about
+    /// 2 kB per row at width 64: 0.8 GB at B = 2048, N = 200); above this many rows
+    /// (trajectories × steps) the trainer uses the chunked replay, whose memory is bounded by
+    /// `replay_rows`, instead.
+    pub lv_direct_max_rows: usize,
     /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
     /// linearly to 1 over the first `explore_steps` steps.
     pub explore_scale: f64,
@@ -101,6 +106,7 @@ impl Default for TrainSettings {
             replay: true,
             replay_rows: 8_192,
             lv_direct: true,
+            lv_direct_max_rows: 2_000_000,
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
@@ -330,6 +336,7 @@ impl<'a> Trainer<'a> {
             && self.settings.replay
             && self.settings.lv_direct
             && large
+            && steps * n_eff as usize <= self.settings.lv_direct_max_rows
             && self.controls.v.is_none()
         {
             // Direct LV gradient: g = dL/dR on a leaf copy of R, then one backward of
