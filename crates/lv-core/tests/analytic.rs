@@ -306,6 +306,47 @@ fn training_reduces_the_loss() {
     assert!(last < 0.5 * first, "LV loss {first} -> {last}");
 }
 
+/// Parameter gradients of one trainer batch (`batch_loss`, backpropagated unless the trainer
+/// already accumulated them) with the given batch size and LV gradient path, noise seeded by
+/// `seed`: `replay` off = step by step; `rows` = `replay_rows`; `direct` = `lv_direct`.
+fn trainer_grads(
+    meth: &Method,
+    target: &dyn Target,
+    ctrl: &LinearControl,
+    loss: LossKind,
+    batch: usize,
+    (replay, rows, direct): (bool, usize, bool),
+    seed: i64,
+) -> Vec<Tensor> {
+    let s = TrainSettings {
+        batch,
+        replay,
+        replay_rows: rows,
+        lv_direct: direct,
+        ..TrainSettings::default()
+    };
+    let mut tr = Trainer::new(meth, target, Controls::new(ctrl), loss, s, CPU, None);
+    tr.adam.zero_grad();
+    tch::manual_seed(seed);
+    let (l, _, done) = tr.batch_loss();
+    if !done {
+        l.backward();
+    }
+    ctrl.parameters().iter().map(|p| p.grad().copy()).collect()
+}
+
+/// Asserts that two gradient lists agree to 1e-5 relative (L2 per parameter) and that the
+/// reference is not trivially zero.
+fn assert_grads_close(reference: &[Tensor], other: &[Tensor], what: &str) {
+    assert!(reference
+        .iter()
+        .any(|g| g.abs().max().double_value(&[]) > 1e-6));
+    for (ga, gb) in reference.iter().zip(other) {
+        let rel = (ga - gb).norm().double_value(&[]) / ga.norm().double_value(&[]).max(1e-12);
+        assert!(rel < 1e-5, "{what}: relative difference {rel}");
+    }
+}
+
 /// The chunked replay (backpropagating ⟨R_c, dL/dR⟩ chunk by chunk) and the direct backward
 /// through the kept controls (Σ_k ⟨u_k, ∂R/∂u_k · dL/dR⟩, no replay) give the gradient of the
 /// unchunked replay and of the step-by-step path, for LV and LV per initial point, for the
@@ -328,40 +369,14 @@ fn chunked_replay_gradient_equals_full() {
         ] {
             tch::manual_seed(21);
             let ctrl = LinearControl::new(2, true);
-            let grads = |replay: bool, rows: usize, direct: bool| -> Vec<Tensor> {
-                let s = TrainSettings {
-                    batch: 32,
-                    replay,
-                    replay_rows: rows,
-                    lv_direct: direct,
-                    ..TrainSettings::default()
-                };
-                let mut tr = Trainer::new(&meth, &target, Controls::new(&ctrl), loss, s, CPU, None);
-                tr.adam.zero_grad();
-                tch::manual_seed(9);
-                let (l, _, done) = tr.batch_loss();
-                if !done {
-                    l.backward();
-                }
-                ctrl.parameters().iter().map(|p| p.grad().copy()).collect()
-            };
-            let reference = grads(false, 0, false);
-            assert!(reference
-                .iter()
-                .any(|g| g.abs().max().double_value(&[]) > 1e-6));
+            let grads = |path| trainer_grads(&meth, &target, &ctrl, loss, 32, path, 9);
+            let reference = grads((false, 0, false));
             // 0: one piece; 4: chunks of 1 step; 100: chunks of 3 steps (32 × 40 = 1280 > 8 × 100;
             // dds_exp has 257 steps);
             // with `direct`, 4 and 100 take the direct backward instead of the chunks.
             for (rows, direct) in [(0, false), (4, false), (100, false), (4, true), (100, true)] {
-                for (ga, gb) in reference.iter().zip(&grads(true, rows, direct)) {
-                    let rel =
-                        (ga - gb).norm().double_value(&[]) / ga.norm().double_value(&[]).max(1e-12);
-                    assert!(
-                        rel < 1e-5,
-                        "{:?} {loss:?} rows {rows} direct {direct}: relative difference {rel}",
-                        meth.kind
-                    );
-                }
+                let what = format!("{:?} {loss:?} rows {rows} direct {direct}", meth.kind);
+                assert_grads_close(&reference, &grads((true, rows, direct)), &what);
             }
         }
     }
@@ -418,45 +433,11 @@ fn zero_com_lv_gradients_agree() {
     for meth in [Method::pis(30).unwrap(), Method::dis(30).unwrap()] {
         tch::manual_seed(31);
         let ctrl = LinearControl::new(6, true);
-        let grads = |replay: bool, rows: usize, direct: bool| -> Vec<Tensor> {
-            let s = TrainSettings {
-                batch: 24,
-                replay,
-                replay_rows: rows,
-                lv_direct: direct,
-                ..TrainSettings::default()
-            };
-            let mut tr = Trainer::new(
-                &meth,
-                &target,
-                Controls::new(&ctrl),
-                LossKind::Lv,
-                s,
-                CPU,
-                None,
-            );
-            tr.adam.zero_grad();
-            tch::manual_seed(5);
-            let (l, _, done) = tr.batch_loss();
-            if !done {
-                l.backward();
-            }
-            ctrl.parameters().iter().map(|p| p.grad().copy()).collect()
-        };
-        let reference = grads(false, 0, false);
-        assert!(reference
-            .iter()
-            .any(|g| g.abs().max().double_value(&[]) > 1e-6));
+        let grads = |path| trainer_grads(&meth, &target, &ctrl, LossKind::Lv, 24, path, 5);
+        let reference = grads((false, 0, false));
         for (rows, direct) in [(0, false), (4, false), (4, true)] {
-            for (ga, gb) in reference.iter().zip(&grads(true, rows, direct)) {
-                let rel =
-                    (ga - gb).norm().double_value(&[]) / ga.norm().double_value(&[]).max(1e-12);
-                assert!(
-                    rel < 1e-5,
-                    "{:?} rows {rows} direct {direct}: {rel}",
-                    meth.kind
-                );
-            }
+            let what = format!("{:?} rows {rows} direct {direct}", meth.kind);
+            assert_grads_close(&reference, &grads((true, rows, direct)), &what);
         }
     }
 }
