@@ -87,6 +87,32 @@ enum Side {
     Cols,
 }
 
+impl Side {
+    /// (length of the potential updated, length of the other one).
+    fn lens(self, op: &CostOp) -> (usize, usize) {
+        match self {
+            Side::Rows => (op.n, op.m),
+            Side::Cols => (op.m, op.n),
+        }
+    }
+
+    /// Line `i` of `C` (rows) or of `Cᵀ` (columns), as [`CostOp::row`].
+    fn line<'a>(self, op: &'a CostOp, i: usize, buf: &'a mut [f64]) -> &'a [f64] {
+        match self {
+            Side::Rows => op.row(i, buf),
+            Side::Cols => op.col(i, buf),
+        }
+    }
+
+    /// Entry `(i, j)` of `C` (rows) or of `Cᵀ` (columns).
+    fn entry(self, op: &CostOp, i: usize, j: usize) -> f64 {
+        match self {
+            Side::Rows => op.entry(i, j),
+            Side::Cols => op.entry(j, i),
+        }
+    }
+}
+
 /// Log-domain soft-min update: for each row i of `C` (or of `Cᵀ` for
 /// [`Side::Cols`]), `out_i = ε·(log_w − LSE_j((other_j − C_ij)/ε))`.
 fn lse_update(
@@ -97,10 +123,7 @@ fn lse_update(
     log_w: f64,
     chunk: usize,
 ) -> Vec<f64> {
-    let (len, olen) = match side {
-        Side::Rows => (op.n, op.m),
-        Side::Cols => (op.m, op.n),
-    };
+    let (len, olen) = side.lens(op);
     debug_assert_eq!(other.len(), olen);
     let inv_eps = 1.0 / eps;
     let gs: Vec<f64> = other.iter().map(|&g| g * inv_eps).collect();
@@ -112,10 +135,7 @@ fn lse_update(
             let mut tbuf = vec![0.0; olen];
             for (k, o) in oc.iter_mut().enumerate() {
                 let i = ci * chunk.max(1) + k;
-                let c = match side {
-                    Side::Rows => op.row(i, &mut cbuf),
-                    Side::Cols => op.col(i, &mut cbuf),
-                };
+                let c = side.line(op, i, &mut cbuf);
                 let l = fastmath::lse_shift(&gs, c, &mut tbuf, inv_eps);
                 *o = eps * (log_w - l);
             }
@@ -209,10 +229,7 @@ impl LiveSets {
         log_w: f64,
         chunk: usize,
     ) -> Vec<f64> {
-        let (len, olen) = match side {
-            Side::Rows => (op.n, op.m),
-            Side::Cols => (op.m, op.n),
-        };
+        let (len, olen) = side.lens(op);
         debug_assert_eq!(other.len(), olen);
         let inv_eps = 1.0 / eps;
         let gs: Vec<f64> = other.iter().map(|&g| g * inv_eps).collect();
@@ -243,10 +260,7 @@ impl LiveSets {
                         }
                     };
                     let l = if full {
-                        let c = match side {
-                            Side::Rows => op.row(i, &mut cbuf),
-                            Side::Cols => op.col(i, &mut cbuf),
-                        };
+                        let c = side.line(op, i, &mut cbuf);
                         let l = fastmath::lse_shift(&gs, c, &mut tbuf, inv_eps);
                         let m = fastmath::max(&tbuf);
                         let thr = m - LIVE_MARGIN;
@@ -274,10 +288,7 @@ impl LiveSets {
                         let z = &mut tbuf[..r.live.len()];
                         let (mut m, mut a) = (f64::NEG_INFINITY, 0u32);
                         for (zz, &j) in z.iter_mut().zip(&r.live) {
-                            let c = match side {
-                                Side::Rows => op.entry(i, j as usize),
-                                Side::Cols => op.entry(j as usize, i),
-                            };
+                            let c = side.entry(op, i, j as usize);
                             *zz = gs[j as usize] - c * inv_eps;
                             if *zz > m {
                                 m = *zz;
