@@ -52,6 +52,10 @@ pub struct BenchStepArgs {
     /// backward through the kept controls (`train.lv_direct = false`).
     #[arg(long)]
     pub no_direct: bool,
+    /// Direct LV path: keep the network in autograd instead of the control's native trunk
+    /// (`train.native_trunk = false`).
+    #[arg(long)]
+    pub no_native: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +101,9 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     }
     if args.no_direct {
         settings.lv_direct = false;
+    }
+    if args.no_native {
+        settings.native_trunk = false;
     }
     let mut trainer = Trainer::new(
         &built.method,
@@ -161,6 +168,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "replay": !args.no_replay,
             "replay_rows": args.replay_rows,
             "lv_direct": !args.no_direct,
+            "native_trunk": !args.no_native,
             "lv_path": lv_path,
             "seconds": secs,
             "cpu_seconds": cpu,

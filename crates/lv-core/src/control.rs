@@ -52,6 +52,25 @@ pub trait Control {
 
     /// Drops what [`Control::prepare_times`] computed.
     fn clear_times(&self) {}
+
+    /// Starts tape mode, an optional fast path for the direct LV gradient: if this returns
+    /// `true`, [`Control::eval`] calls made with autograd recording (on inputs that do not
+    /// require grad) may return values whose graph stops at a network output (a leaf
+    /// computed outside autograd). After the caller's backward pass through those values,
+    /// [`Control::finish_tape`] runs the network's own backward from the leaves' gradients
+    /// and adds the remaining parameter gradients, so that the sum equals the gradient of the
+    /// plain evaluation. [`Control::drop_tape`] discards the tape (e.g. after an error).
+    /// Parameters must not change while a tape is open. Default: unsupported (`false`).
+    fn start_tape(&self) -> bool {
+        false
+    }
+
+    /// Completes the parameter gradients of the evaluations since [`Control::start_tape`]
+    /// (call after the backward pass) and ends tape mode. Default: no-op.
+    fn finish_tape(&self) {}
+
+    /// Ends tape mode without adding gradients. Default: no-op.
+    fn drop_tape(&self) {}
 }
 
 /// A control that is the gradient of a learned scalar Φ(t, x) (potential parametrisation,
@@ -109,6 +128,15 @@ macro_rules! delegate_control {
             }
             fn clear_times(&self) {
                 (**self).clear_times()
+            }
+            fn start_tape(&self) -> bool {
+                (**self).start_tape()
+            }
+            fn finish_tape(&self) {
+                (**self).finish_tape()
+            }
+            fn drop_tape(&self) {
+                (**self).drop_tape()
             }
         }
     )*};

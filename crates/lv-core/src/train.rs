@@ -13,6 +13,7 @@
 //! The skip decision needs one device→host read per step (a single boolean); gradient
 //! clipping itself never synchronises.
 
+use crate::control::Control;
 use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
 use crate::method::Method;
@@ -67,6 +68,11 @@ pub struct TrainSettings {
     /// (trajectories × steps) the trainer uses the chunked replay, whose memory is bounded by
     /// `replay_rows`, instead.
     pub lv_direct_max_rows: usize,
+    /// In the direct path, let the control run its network natively and backpropagate it
+    /// itself ([`Control::start_tape`]; lv-nets' FourierMLP on CPU: fused bias + GELU + GELU′,
+    /// no autograd graph for the trunk). Same gradients to float32 rounding; `false` keeps
+    /// the whole step in autograd.
+    pub native_trunk: bool,
     /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
     /// linearly to 1 over the first `explore_steps` steps.
     pub explore_scale: f64,
@@ -107,6 +113,7 @@ impl Default for TrainSettings {
             replay_rows: 8_192,
             lv_direct: true,
             lv_direct_max_rows: 2_000_000,
+            native_trunk: true,
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
@@ -342,6 +349,7 @@ impl<'a> Trainer<'a> {
             // Direct LV gradient: g = dL/dR on a leaf copy of R, then one backward of
             // Σ_k ⟨u_k, stopgrad(∂R/∂u_k · g)⟩ through the kept control graphs.
             opts.keep_controls = true;
+            let tape = TapeGuard::start(self.controls.u, self.settings.native_trunk);
             let out = simulate(self.method, self.target, self.controls, &x0, opts);
             let kept = out.kept.expect("kept controls requested");
             let r_leaf = out.rnd.detach().set_requires_grad(true);
@@ -351,6 +359,7 @@ impl<'a> Trainer<'a> {
             let us = Tensor::cat(&kept.us, 0);
             let coefs = Tensor::cat(&kept.coefs, 0) * g.repeat([steps as i64]).unsqueeze(1);
             (us * coefs).sum(Kind::Float).backward();
+            tape.finish();
             return (lv.loss.detach(), filtered_of(&lv.kept), true);
         }
         if self.loss.detached() && self.settings.replay {
@@ -479,5 +488,33 @@ impl<'a> Trainer<'a> {
             self.device,
         );
         (out.estimates, out.samples)
+    }
+}
+
+/// An open [`Control::start_tape`]: `finish` completes the gradients; dropping it unfinished
+/// (an early return or a panic) discards the tape.
+struct TapeGuard<'a> {
+    control: &'a dyn Control,
+    open: bool,
+}
+
+impl<'a> TapeGuard<'a> {
+    fn start(control: &'a dyn Control, enabled: bool) -> Self {
+        let open = enabled && control.start_tape();
+        Self { control, open }
+    }
+    fn finish(mut self) {
+        if self.open {
+            self.open = false;
+            self.control.finish_tape();
+        }
+    }
+}
+
+impl Drop for TapeGuard<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.control.drop_tape();
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! `eval_many` is overridden everywhere: the time embeddings and s(t) are computed once per
 //! time and repeated over the rows of each block, so one trunk call serves all times.
 
-use crate::fourier::{times_tensor, FourierMlp, MlpConfig, TimeNet};
+use crate::fourier::{grad_mode_enabled, times_tensor, FourierMlp, MlpConfig, TimeNet};
 use lv_core::Control;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -171,6 +171,15 @@ impl Control for ClippedCtrl {
     fn clear_times(&self) {
         self.net.clear_times()
     }
+    fn start_tape(&self) -> bool {
+        self.net.start_tape()
+    }
+    fn finish_tape(&self) {
+        self.net.finish_tape()
+    }
+    fn drop_tape(&self) {
+        self.net.drop_tape()
+    }
 }
 
 /// Langevin-preconditioned control of PIS and DDS:
@@ -242,6 +251,15 @@ impl Control for ScoreCtrl {
     fn clear_times(&self) {
         self.net.clear_times();
         self.scale.clear_times();
+    }
+    fn start_tape(&self) -> bool {
+        self.net.start_tape()
+    }
+    fn finish_tape(&self) {
+        self.net.finish_tape()
+    }
+    fn drop_tape(&self) {
+        self.net.drop_tape()
     }
 }
 
@@ -413,6 +431,15 @@ impl Control for LerpCtrl {
         self.net.clear_times();
         self.scale.clear_times();
     }
+    fn start_tape(&self) -> bool {
+        self.net.start_tape()
+    }
+    fn finish_tape(&self) {
+        self.net.finish_tape()
+    }
+    fn drop_tape(&self) {
+        self.net.drop_tape()
+    }
 }
 
 /// The Bridge's forward control u: [`LerpCtrl`] with only the target term,
@@ -487,18 +514,21 @@ macro_rules! delegate_control {
             fn clear_times(&self) {
                 self.0.clear_times()
             }
+            fn start_tape(&self) -> bool {
+                self.0.start_tape()
+            }
+            fn finish_tape(&self) {
+                self.0.finish_tape()
+            }
+            fn drop_tape(&self) {
+                self.0.drop_tape()
+            }
         }
     };
 }
 
 delegate_control!(LerpTargetCtrl);
 delegate_control!(LerpPriorCtrl);
-
-/// Whether autograd is recording in the calling context (probed with a tiny CPU op).
-fn grad_mode_enabled() -> bool {
-    let probe = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-    (probe * 1.0).requires_grad()
-}
 
 /// Potential parametrisation (sub-trajectory training, spec §5.5):
 /// u(t, x) = σ(t) ∇_x clip_m(Φ(t, x)), with Φ a one-output [`FourierMlp`] (so u = 0 where

@@ -4,6 +4,7 @@
 //! All networks see the **raw** time t (not divided by the horizon T) and work in float32 on
 //! the device of the `nn::Path` they are built from.
 
+use crate::native::{TapeLayer, TrunkTape};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, LinearConfig, Module};
 use tch::{Device, Kind, Tensor};
@@ -55,6 +56,16 @@ impl MlpConfig {
             self.num_freqs
         );
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether autograd is recording in the calling context (probed with a tiny CPU op).
+pub(crate) fn grad_mode_enabled() -> bool {
+    let probe = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    (probe * 1.0).requires_grad()
 }
 
 /// Exact (erf) GELU.
@@ -192,6 +203,10 @@ impl TimeCache {
 #[derive(Debug)]
 pub struct FourierMlp {
     cache: TimeCache,
+    /// Native trunk recording in tape mode ([`FourierMlp::start_tape`]).
+    tape: std::sync::Mutex<Option<TrunkTape>>,
+    /// Step buffers of finished tapes, reused by the next one.
+    pool: std::sync::Mutex<Vec<Vec<f32>>>,
     emb: FourierEmbedding,
     time1: nn::Linear,
     time2: nn::Linear,
@@ -218,6 +233,8 @@ impl FourierMlp {
         let out = const_linear(p / "out", c, out_dim, 0.0);
         Self {
             cache: TimeCache::default(),
+            tape: Default::default(),
+            pool: Default::default(),
             emb,
             time1,
             time2,
@@ -265,7 +282,14 @@ impl FourierMlp {
 
     /// NN(t, x) at one raw time `t` for `x: [n, d]`: `[n, d_out]`. Uses the embedding of
     /// `t` from [`FourierMlp::prepare_times`] when there is one.
+    ///
+    /// In tape mode ([`FourierMlp::start_tape`]), with autograd recording, a CPU float32 `x`
+    /// that does not require grad and a prepared `t`, the trunk runs natively and the value
+    /// is a leaf whose parameter gradients [`FourierMlp::finish_tape`] adds later.
     pub fn forward_t(&self, t: f64, x: &Tensor) -> Tensor {
+        if let Some(y) = self.taped_forward(t, x) {
+            return y;
+        }
         let e = self
             .cache
             .lookup(t)
@@ -283,6 +307,96 @@ impl FourierMlp {
     /// Drops the prepared embeddings.
     pub fn clear_times(&self) {
         self.cache.clear();
+    }
+
+    fn linears(&self) -> Vec<&nn::Linear> {
+        let mut ls = vec![&self.input];
+        ls.extend(self.hidden.iter());
+        ls.push(&self.out);
+        ls
+    }
+
+    /// Starts tape mode (see [`lv_core::Control::start_tape`]): until
+    /// [`FourierMlp::finish_tape`] or [`FourierMlp::drop_tape`], eligible
+    /// [`FourierMlp::forward_t`] calls run the trunk natively (module `native`) and return
+    /// leaves. Only on CPU; returns whether tape mode is on. The parameters must not change
+    /// while a tape is open.
+    pub fn start_tape(&self) -> bool {
+        if self.device() != Device::Cpu {
+            return false;
+        }
+        let layers =
+            self.linears()
+                .into_iter()
+                .map(|l| TapeLayer {
+                    w: l.ws.detach(),
+                    b: match &l.bs {
+                        Some(b) => Vec::<f32>::try_from(b.detach().to_kind(Kind::Float))
+                            .expect("float32 bias"),
+                        None => vec![0.0; l.ws.size()[0] as usize],
+                    },
+                })
+                .collect();
+        let width = self.input.ws.size()[0] as usize;
+        *lock(&self.tape) = Some(TrunkTape::new(layers, width));
+        true
+    }
+
+    /// Ends tape mode after the backward pass through the returned leaves: runs the
+    /// trunk's backward for every taped step and accumulates the parameter gradients
+    /// (trunk weights and biases, and through the time embeddings the time branch) into the
+    /// parameters' `.grad`. No-op when no tape is open.
+    pub fn finish_tape(&self) {
+        let Some(tape) = lock(&self.tape).take() else {
+            return;
+        };
+        let (grads, bufs) = tape.backward();
+        lock(&self.pool).extend(bufs);
+        let dev = self.device();
+        tch::with_grad(|| {
+            let mut terms = Vec::new();
+            for (l, (gw, gb)) in self.linears().into_iter().zip(&grads.layers) {
+                let gw = Tensor::from_slice(gw).view_(l.ws.size()).to_device(dev);
+                terms.push((&l.ws * gw).sum(Kind::Float));
+                if let Some(b) = &l.bs {
+                    terms.push((b * Tensor::from_slice(gb).to_device(dev)).sum(Kind::Float));
+                }
+            }
+            if let Some((ts, ge)) = &grads.emb {
+                let e = self.time_embedding(&times_tensor(ts, dev));
+                let ge = Tensor::from_slice(ge).view_(e.size()).to_device(dev);
+                terms.push((e * ge).sum(Kind::Float));
+            }
+            Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+        });
+    }
+
+    /// Ends tape mode without a backward (e.g. after an error).
+    pub fn drop_tape(&self) {
+        if let Some(tape) = lock(&self.tape).take() {
+            lock(&self.pool).extend(tape.into_buffers());
+        }
+    }
+
+    fn taped_forward(&self, t: f64, x: &Tensor) -> Option<Tensor> {
+        let mut guard = lock(&self.tape);
+        let tape = guard.as_mut()?;
+        if x.device() != Device::Cpu
+            || x.kind() != Kind::Float
+            || x.dim() != 2
+            || x.size()[1] != self.dim
+            || x.requires_grad()
+            || !grad_mode_enabled()
+        {
+            return None;
+        }
+        if !tape.has_embeddings() {
+            let cache = lock(&self.cache.0);
+            let (ts, e) = cache.as_ref()?;
+            tape.set_embeddings(ts, e);
+        }
+        let k = tape.time_index(t)?;
+        Some(tape.forward(k, x, &mut lock(&self.pool)))
     }
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are

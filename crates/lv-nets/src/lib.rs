@@ -11,6 +11,7 @@ pub mod ctrl;
 pub mod device;
 pub mod ema;
 pub mod fourier;
+mod native;
 
 pub use checkpoint::{load_into_var_store, load_tensors, save_tensors_atomic};
 pub use ctrl::{

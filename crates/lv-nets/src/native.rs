@@ -1,0 +1,500 @@
+//! Native CPU forward and backward of the [`FourierMlp`](crate::FourierMlp) trunk, used for
+//! the direct LV gradient ("tape" mode, see [`lv_core::Control::start_tape`]).
+//!
+//! In tape mode each trunk evaluation NN(t_k, x_k) runs outside autograd: the GEMMs are
+//! libtorch's (`mm_out`/`addmm_` on views of our buffers, so the thread setting and the
+//! BLAS kernel are the same as in the autograd path), while bias, GELU and the GELU
+//! derivative are one fused, vectorised pass that stores a_l = GELU(h_l) and GELU'(h_l) for
+//! the backward. The value is returned as a fresh leaf that requires grad. After the caller's
+//! backward pass has filled the leaves' gradients δ_k = ∂L/∂NN_k, [`TrunkTape::backward`] runs
+//! the trunk's backward for every step:
+//!
+//! - ∂L/∂W_out += δ_kᵀ a_last, ∂L/∂b_out += Σ_rows δ_k, and dh_last = (δ_k W_out) ⊙ GELU'(h_last);
+//! - for the hidden layers l (from the top): ∂L/∂W_l += dh_lᵀ a_{l−1}, ∂L/∂b_l += Σ_rows dh_l,
+//!   dh_{l−1} = (dh_l W_l) ⊙ GELU'(h_{l−1});
+//! - input layer: ∂L/∂W_in += dh_0ᵀ x_k, ∂L/∂b_in += Σ_rows dh_0, and the time embedding row
+//!   e_{t_k} (added to h_0) receives Σ_rows dh_0.
+//!
+//! GELU is the exact (erf) one, Φ from a relatively accurate erfc ([`gelu_pair`]); exp is a
+//! range-reduced degree-7 polynomial (relative error < 2e-7). Both are float32-accurate and
+//! vectorise (AVX-512 or AVX2+FMA chosen at run time).
+
+use tch::{Device, Kind, Tensor};
+
+/// `exp(x)` in f32, branch-free (vectorisable): x = k ln2 + r, |r| ≤ ln2/2, degree-7 Taylor
+/// polynomial (truncation < 2e-8 relative), 2^k from the exponent bits. 0 below −87
+/// (true value < 1.7e-38), saturates at e^88; NaN propagates.
+#[inline(always)]
+fn expf(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc.mul_add(std::f32::consts::LOG2_E, MAGIC);
+    let k = t - MAGIC;
+    let r = (-k).mul_add(1.428_606_8e-6, (-k).mul_add(0.693_145_75, xc));
+    let mut p = 1.0f32 / 5_040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p.mul_add(r, c);
+    }
+    // The low mantissa bits of t hold k; (k + 127) << 23 is 2^k.
+    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
+    let v = p * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// (GELU(h), GELU'(h)) for the exact GELU h·Φ(h): GELU' = Φ(h) + h·φ(h).
+///
+/// Φ(h) = ½ erfc(−h/√2) with the Chebyshev-fitted erfc(z) = t·exp(−z² + P(t)),
+/// t = 1/(1 + z/2) (Numerical Recipes' `erfcc`, relative error < 1.2e-7 for every z ≥ 0), so
+/// the value is relatively accurate in the left tail as well; φ(h) = e^{−h²/2}/√(2π).
+#[inline(always)]
+pub(crate) fn gelu_pair(h: f32) -> (f32, f32) {
+    let z = h.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / z.mul_add(0.5, 1.0);
+    let mut p = 0.170_872_77f32;
+    for c in [
+        -0.822_152_23,
+        1.488_515_9,
+        -1.135_204,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_7,
+        -1.265_512_2,
+    ] {
+        p = p.mul_add(t, c);
+    }
+    let ez = expf(-z * z); // e^{-h²/2}
+    let q = 0.5 * t * ez * expf(p); // ½ erfc(|h|/√2) = Φ(−|h|)
+    let cdf = if h < 0.0 { q } else { 1.0 - q };
+    // φ(h) = e^{-h²/2} / √(2π)
+    (h * cdf, h.mul_add(ez * 0.398_942_3, cdf))
+}
+
+const LANES: usize = 16;
+
+/// In place over rows of width `bias.len()`: h ← GELU(h + bias), g ← GELU'(h + bias).
+#[inline(always)]
+fn bias_gelu_impl(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
+    let c = bias.len();
+    if c % LANES != 0 {
+        for (hr, gr) in h.chunks_exact_mut(c).zip(g.chunks_exact_mut(c)) {
+            for ((hv, gv), b) in hr.iter_mut().zip(gr.iter_mut()).zip(bias) {
+                let (a, d) = gelu_pair(*hv + b);
+                *hv = a;
+                *gv = d;
+            }
+        }
+        return;
+    }
+    for (hr, gr) in h.chunks_exact_mut(c).zip(g.chunks_exact_mut(c)) {
+        for ((hc, gc), bc) in hr
+            .chunks_exact_mut(LANES)
+            .zip(gr.chunks_exact_mut(LANES))
+            .zip(bias.chunks_exact(LANES))
+        {
+            let hc: &mut [f32; LANES] = hc.try_into().expect("lane chunk");
+            let gc: &mut [f32; LANES] = gc.try_into().expect("lane chunk");
+            let bc: &[f32; LANES] = bc.try_into().expect("lane chunk");
+            for j in 0..LANES {
+                let (a, d) = gelu_pair(hc[j] + bc[j]);
+                hc[j] = a;
+                gc[j] = d;
+            }
+        }
+    }
+}
+
+/// dh = da ⊙ g over rows of width `colsum.len()`, and colsum += Σ_rows dh.
+#[inline(always)]
+fn mul_colsum_impl(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
+    let c = colsum.len();
+    for ((ar, gr), hr) in da
+        .chunks_exact(c)
+        .zip(g.chunks_exact(c))
+        .zip(dh.chunks_exact_mut(c))
+    {
+        for (((a, gv), h), s) in ar.iter().zip(gr).zip(hr.iter_mut()).zip(colsum.iter_mut()) {
+            let v = a * gv;
+            *h = v;
+            *s += v;
+        }
+    }
+}
+
+macro_rules! simd_variant {
+    ($modname:ident, $feat:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $modname {
+            #[target_feature(enable = $feat)]
+            pub unsafe fn bias_gelu(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
+                super::bias_gelu_impl(h, g, bias)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn mul_colsum(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
+                super::mul_colsum_impl(da, g, dh, colsum)
+            }
+        }
+    };
+}
+
+simd_variant!(avx512, "avx512f,avx2,fma");
+simd_variant!(avx2, "avx2,fma");
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Generic,
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Generic
+    })
+}
+
+fn bias_gelu(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
+    assert_eq!(h.len(), g.len());
+    match isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::bias_gelu(h, g, bias) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::bias_gelu(h, g, bias) },
+        _ => bias_gelu_impl(h, g, bias),
+    }
+}
+
+fn mul_colsum(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
+    assert!(da.len() == g.len() && g.len() == dh.len());
+    match isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::mul_colsum(da, g, dh, colsum) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::mul_colsum(da, g, dh, colsum) },
+        _ => mul_colsum_impl(da, g, dh, colsum),
+    }
+}
+
+/// A `[rows, cols]` CPU float32 tensor viewing `data` (row-major, contiguous). The view must
+/// not outlive `data`; every use below is a GEMM operand that dies within the statement.
+fn view(data: &[f32], rows: usize, cols: usize) -> Tensor {
+    assert!(data.len() >= rows * cols);
+    // SAFETY: the slice covers rows·cols floats and outlives the (temporary) tensor.
+    unsafe {
+        Tensor::from_blob(
+            data.as_ptr() as *const u8,
+            &[rows as i64, cols as i64],
+            &[cols as i64, 1],
+            Kind::Float,
+            Device::Cpu,
+        )
+    }
+}
+
+/// As [`view`], for a GEMM output written through the view.
+fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> Tensor {
+    assert!(data.len() >= rows * cols);
+    // SAFETY: as in `view`; the pointer comes from the exclusive borrow.
+    unsafe {
+        Tensor::from_blob(
+            data.as_mut_ptr() as *const u8,
+            &[rows as i64, cols as i64],
+            &[cols as i64, 1],
+            Kind::Float,
+            Device::Cpu,
+        )
+    }
+}
+
+/// Host copy of a float32 tensor (any shape), in row-major order.
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).contiguous().flatten(0, -1))
+        .expect("float32 tensor to host vector")
+}
+
+/// One linear layer's parameters as seen by the tape: the weight `[out, in]` (detached,
+/// shares storage with the parameter) and the bias values.
+pub(crate) struct TapeLayer {
+    pub w: Tensor,
+    pub b: Vec<f32>,
+}
+
+struct TapeStep {
+    /// Index into the prepared times.
+    k: usize,
+    /// The input `[n, d]` (detached, contiguous).
+    x: Tensor,
+    /// The returned leaf `[n, d_out]`.
+    out: Tensor,
+    /// a_0 … a_{L−1} then GELU'(h_0) … GELU'(h_{L−1}), each `[n, C]`.
+    buf: Vec<f32>,
+}
+
+/// Recorded trunk evaluations of one simulation (see the module docs).
+pub(crate) struct TrunkTape {
+    /// input, hidden…, out.
+    layers: Vec<TapeLayer>,
+    width: usize,
+    /// Prepared times and their embeddings `[K, C]` (values), captured at the first step.
+    emb: Option<(Vec<f64>, Vec<f32>)>,
+    steps: Vec<TapeStep>,
+}
+
+impl std::fmt::Debug for TrunkTape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkTape")
+            .field("layers", &self.layers.len())
+            .field("width", &self.width)
+            .field("steps", &self.steps.len())
+            .finish()
+    }
+}
+
+/// Parameter gradients from [`TrunkTape::backward`]: per layer (∂W `[out, in]`, ∂b), and the
+/// gradient of the prepared embeddings `[K, C]` with their times.
+pub(crate) struct TapeGrads {
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+    pub emb: Option<(Vec<f64>, Vec<f32>)>,
+}
+
+impl TrunkTape {
+    pub fn new(layers: Vec<TapeLayer>, width: usize) -> Self {
+        Self {
+            layers,
+            width,
+            emb: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Whether embeddings have been captured.
+    pub fn has_embeddings(&self) -> bool {
+        self.emb.is_some()
+    }
+
+    /// Captures the prepared embeddings (values) `e: [K, C]` at times `ts`.
+    pub fn set_embeddings(&mut self, ts: &[f64], e: &Tensor) {
+        self.emb = Some((ts.to_vec(), to_vec(e)));
+    }
+
+    /// Index of `t` among the captured times.
+    pub fn time_index(&self, t: f64) -> Option<usize> {
+        self.emb.as_ref()?.0.iter().position(|&s| s == t)
+    }
+
+    /// NN(t_k, x) for `x: [n, d]` (CPU float32, no grad) as a leaf that requires grad;
+    /// records what the backward needs. `pool` supplies reusable buffers.
+    pub fn forward(&mut self, k: usize, x: &Tensor, pool: &mut Vec<Vec<f32>>) -> Tensor {
+        let c = self.width;
+        let n = x.size()[0] as usize;
+        let nl = self.layers.len() - 1; // GELU layers
+        let x = x.detach().contiguous();
+        let mut buf = pool.pop().unwrap_or_default();
+        buf.resize(2 * nl * n * c, 0.0);
+        let (acts, gs) = buf.split_at_mut(nl * n * c);
+        let (_, emb) = self
+            .emb
+            .as_ref()
+            .expect("embeddings captured before forward");
+        let e = &emb[k * c..(k + 1) * c];
+        let bias0: Vec<f32> = self.layers[0].b.iter().zip(e).map(|(b, e)| b + e).collect();
+        let out = tch::no_grad(|| {
+            for l in 0..nl {
+                let (prev, cur) = acts.split_at_mut(l * n * c);
+                let h = &mut cur[..n * c];
+                let w = &self.layers[l].w;
+                let input = if l == 0 {
+                    x.shallow_clone()
+                } else {
+                    view(&prev[(l - 1) * n * c..], n, c)
+                };
+                let _ = input.mm_out(&view_mut(h, n, c), &w.tr());
+                let bias = if l == 0 { &bias0 } else { &self.layers[l].b };
+                bias_gelu(h, &mut gs[l * n * c..(l + 1) * n * c], bias);
+            }
+            let last = &self.layers[nl];
+            let b_out = Tensor::from_slice(&last.b);
+            let out = b_out.addmm(&view(&acts[(nl - 1) * n * c..], n, c), &last.w.tr());
+            out.set_requires_grad(true)
+        });
+        self.steps.push(TapeStep {
+            k,
+            x,
+            out: out.shallow_clone(),
+            buf,
+        });
+        out
+    }
+
+    /// The trunk's backward for every recorded step from the leaves' gradients (steps whose
+    /// leaf got no gradient contribute nothing). Returns the gradients and the step buffers
+    /// (for reuse).
+    pub fn backward(self) -> (TapeGrads, Vec<Vec<f32>>) {
+        let c = self.width;
+        let nl = self.layers.len() - 1;
+        let kk = self.emb.as_ref().map_or(0, |(ts, _)| ts.len());
+        let mut gw: Vec<Tensor> = self.layers.iter().map(|l| l.w.zeros_like()).collect();
+        let mut gb: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.b.len()]).collect();
+        let mut gemb = vec![0f32; kk * c];
+        let mut pool = Vec::with_capacity(self.steps.len());
+        let mut da = Vec::new();
+        let mut dh = Vec::new();
+        let mut col = vec![0f32; c];
+        tch::no_grad(|| {
+            for st in self.steps {
+                let dout = st.out.grad();
+                if dout.defined() {
+                    let dout = dout.contiguous();
+                    let n = dout.size()[0] as usize;
+                    da.resize(n * c, 0.0);
+                    dh.resize(n * c, 0.0);
+                    let (acts, gs) = st.buf.split_at(nl * n * c);
+                    let last = &self.layers[nl];
+                    let a_last = view(&acts[(nl - 1) * n * c..], n, c);
+                    let _ = gw[nl].addmm_(&dout.tr(), &a_last);
+                    for (s, v) in gb[nl].iter_mut().zip(to_vec(&dout.sum_dim_intlist(
+                        [0i64].as_slice(),
+                        false,
+                        Kind::Float,
+                    ))) {
+                        *s += v as f64;
+                    }
+                    let _ = dout.mm_out(&view_mut(&mut da, n, c), &last.w);
+                    for l in (0..nl).rev() {
+                        col.iter_mut().for_each(|v| *v = 0.0);
+                        mul_colsum(&da, &gs[l * n * c..(l + 1) * n * c], &mut dh, &mut col);
+                        for (s, v) in gb[l].iter_mut().zip(&col) {
+                            *s += *v as f64;
+                        }
+                        let dh_t = view(&dh, n, c);
+                        if l == 0 {
+                            let _ = gw[0].addmm_(&dh_t.tr(), &st.x);
+                            for (s, v) in gemb[st.k * c..(st.k + 1) * c].iter_mut().zip(&col) {
+                                *s += v;
+                            }
+                        } else {
+                            let _ = gw[l].addmm_(&dh_t.tr(), &view(&acts[(l - 1) * n * c..], n, c));
+                            let _ = dh_t.mm_out(&view_mut(&mut da, n, c), &self.layers[l].w);
+                        }
+                    }
+                }
+                pool.push(st.buf);
+            }
+        });
+        let layers = gw
+            .iter()
+            .zip(gb)
+            .map(|(w, b)| (to_vec(w), b.into_iter().map(|v| v as f32).collect()))
+            .collect();
+        let emb = self.emb.map(|(ts, _)| (ts, gemb));
+        (TapeGrads { layers, emb }, pool)
+    }
+
+    /// Gives the step buffers back without a backward.
+    pub fn into_buffers(self) -> Vec<Vec<f32>> {
+        self.steps.into_iter().map(|s| s.buf).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused GELU and its derivative match libtorch's exact GELU in float64 (relative
+    /// accuracy, also in the left tail where float32 libtorch flushes to 0).
+    #[test]
+    fn gelu_pair_matches_libtorch_f64() {
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.006).collect();
+        let t = Tensor::from_slice(&xs).to_kind(Kind::Double);
+        let want = Vec::<f64>::try_from(t.gelu("none")).unwrap();
+        let tg = t.set_requires_grad(true);
+        tg.gelu("none").sum(Kind::Double).backward();
+        let want_d = Vec::<f64>::try_from(tg.grad()).unwrap();
+        let mut h = xs.clone();
+        let mut g = vec![0f32; xs.len()];
+        bias_gelu(&mut h, &mut g, &[0.0]);
+        for i in 0..xs.len() {
+            let (x, v, d) = (xs[i] as f64, h[i] as f64, g[i] as f64);
+            if x < -5.0 {
+                // float64 1 + erf loses the tail there; use the Mills-ratio bounds
+                // φ(x)|x|/(x² + 1) ≤ Φ(x) ≤ φ(x)/|x| instead.
+                let phi = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let cdf = v / x;
+                assert!(
+                    cdf >= phi * x.abs() / (x * x + 1.0) * (1.0 - 1e-5)
+                        && cdf <= phi / x.abs() * (1.0 + 1e-5),
+                    "Φ({x}) = {cdf} outside the Mills bounds"
+                );
+                continue;
+            }
+            assert!(
+                (v - want[i]).abs() <= 3e-6 * want[i].abs() + 1e-25,
+                "GELU({}) = {v} vs {}",
+                xs[i],
+                want[i]
+            );
+            assert!(
+                (d - want_d[i]).abs() <= 1e-6 * want_d[i].abs() + 2e-7,
+                "GELU'({}) = {d} vs {}",
+                xs[i],
+                want_d[i]
+            );
+        }
+        // Lane path (width a multiple of 16) equals the scalar path, with the bias added.
+        let bias: Vec<f32> = (0..32).map(|j| j as f32 * 0.1 - 1.6).collect();
+        let rows: Vec<f32> = (0..64).map(|i| i as f32 * 0.05 - 1.5).collect();
+        let (mut a, mut ga) = (rows.clone(), vec![0f32; 64]);
+        bias_gelu(&mut a, &mut ga, &bias);
+        for i in 0..64 {
+            let (v, d) = gelu_pair(rows[i] + bias[i % 32]);
+            assert_eq!((a[i], ga[i]), (v, d));
+        }
+        // Tails and NaN.
+        assert_eq!(gelu_pair(-100.0).0, 0.0);
+        assert_eq!(gelu_pair(100.0), (100.0, 1.0));
+        assert!(gelu_pair(f32::NAN).0.is_nan() && gelu_pair(f32::NAN).1.is_nan());
+        assert!(gelu_pair(f32::INFINITY).0.is_infinite() || gelu_pair(f32::INFINITY).0.is_nan());
+    }
+
+    #[test]
+    fn expf_is_accurate() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let want = (x as f64).exp();
+            let got = expf(x) as f64;
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got} vs {want}"
+            );
+        }
+        assert!(expf(f32::NAN).is_nan());
+    }
+}
