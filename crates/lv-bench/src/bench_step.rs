@@ -277,6 +277,7 @@ fn breakdown(tr: &mut Trainer<'_>, reps: usize) -> Vec<(String, f64)> {
             let t = Instant::now();
             let mut opts = SimOptions::new(mode);
             opts.keep_controls = true;
+            let tape = tr.settings.native_trunk && tr.controls.u.start_tape();
             let out = simulate(tr.method, tr.target, tr.controls, &x0, opts);
             let _ = f64::try_from(out.rnd.sum(tch::Kind::Float));
             direct_sim += t.elapsed().as_secs_f64();
@@ -285,10 +286,10 @@ fn breakdown(tr: &mut Trainer<'_>, reps: usize) -> Vec<(String, f64)> {
             let r_leaf = out.rnd.detach().set_requires_grad(true);
             let lv = batch_loss(tr.loss, &r_leaf, tr.settings.max_rnd, tr.target.dim(), None);
             lv.loss.backward();
-            let g = r_leaf.grad().detach();
-            let us = tch::Tensor::cat(&kept.us, 0);
-            let coefs = tch::Tensor::cat(&kept.coefs, 0) * g.repeat([steps as i64]).unsqueeze(1);
-            (us * coefs).sum(tch::Kind::Float).backward();
+            kept.backward(&r_leaf.grad());
+            if tape {
+                tr.controls.u.finish_tape();
+            }
             direct_bwd += t.elapsed().as_secs_f64();
         }
         tr.adam.zero_grad();

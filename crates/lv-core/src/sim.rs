@@ -135,6 +135,24 @@ pub struct KeptControls {
     pub coefs: Vec<Tensor>,
 }
 
+impl KeptControls {
+    /// Backpropagates Σ_k ⟨u_k, stopgrad(∂R/∂u_k · g)⟩ for g = ∂L/∂R (`[n]`, detached): the
+    /// parameters receive ∂L/∂θ. One small product per step (no `[N·n, d]` concatenations).
+    pub fn backward(&self, g: &Tensor) {
+        let g = g.detach().unsqueeze(1);
+        let terms: Vec<Tensor> = self
+            .us
+            .iter()
+            .zip(&self.coefs)
+            .map(|(u, c)| (u * (c * &g)).sum(Kind::Float))
+            .collect();
+        if terms.is_empty() {
+            return;
+        }
+        Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+    }
+}
+
 /// What a replay needs: everything but the live controls.
 pub struct Recording {
     /// Times t_0 … t_{N−1}.
@@ -190,6 +208,124 @@ impl Drop for PreparedTimes<'_> {
     }
 }
 
+/// Per-step scalars of [`fused_lv_update`].
+#[derive(Clone, Copy, Debug)]
+struct StepCoefs {
+    dt: f64,
+    sigma: f64,
+    /// Linear drift coefficient a(t) (drift a·x).
+    a: f64,
+    /// Off-policy noise scale λ.
+    lam: f64,
+    /// Reference control scale (r = rs·x) of the reference form.
+    rs: f64,
+}
+
+fn step_coefs(method: &Method, t: f64, dt: f64, lam: f64) -> StepCoefs {
+    StepCoefs {
+        dt,
+        sigma: method.sde.sigma(t),
+        a: method.sde.drift_coef(t),
+        lam,
+        rs: method.ref_scale(t),
+    }
+}
+
+/// Read-only host view of a contiguous CPU float32 tensor.
+fn host(t: &Tensor) -> &[f32] {
+    assert!(
+        t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous(),
+        "host view needs a contiguous CPU float32 tensor"
+    );
+    // SAFETY: contiguous CPU float32 storage of `numel` elements, alive while `t` is.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
+}
+
+/// Mutable host view of a contiguous CPU float32 tensor. The caller must hold no other view
+/// of the same storage while writing.
+#[allow(clippy::mut_from_ref)]
+fn host_mut(t: &Tensor) -> &mut [f32] {
+    assert!(
+        t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous(),
+        "host view needs a contiguous CPU float32 tensor"
+    );
+    // SAFETY: contiguous CPU float32 storage of `numel` elements, alive while `t` is; the
+    // callers write only tensors they allocated (or own, `r`) and read other tensors.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+}
+
+/// One Euler–Maruyama step of the LV simulation with kept controls (w = u numerically, no
+/// graph), fused over rows: returns X_{k+1} and ∂R/∂u_k, and adds the step's R terms to `r`,
+/// exactly as the tensor code of [`simulate_on`] does for each form (the quadratic term
+/// Σ_j (u−r)(w − ½(u+r)) Δ or its form-3.4 analogue, and the Itô term with the implied
+/// increment λΔW or λξ). Accumulates in float32 like the tensor path.
+fn fused_lv_update(
+    form: RndForm,
+    xk: &Tensor,
+    u: &Tensor,
+    xi: &Tensor,
+    r: &mut Tensor,
+    c: StepCoefs,
+) -> (Tensor, Tensor) {
+    let xk = xk.contiguous();
+    let u = u.contiguous();
+    let xi = xi.contiguous();
+    let (xs, us, xis) = (host(&xk), host(&u), host(&xi));
+    let n = r.numel();
+    let d = xs.len() / n.max(1);
+    let shape = [n as i64, d as i64];
+    let x_t = Tensor::empty(shape, (Kind::Float, tch::Device::Cpu));
+    let coef_t = Tensor::empty(shape, (Kind::Float, tch::Device::Cpu));
+    let (x_next, coef, rv) = (host_mut(&x_t), host_mut(&coef_t), host_mut(r));
+    let f = |v: f64| v as f32;
+    match form {
+        RndForm::Reference { .. } | RndForm::TimeReversal => {
+            let rs = if matches!(form, RndForm::Reference { .. }) {
+                f(c.rs)
+            } else {
+                0.0
+            };
+            let sq = f(c.dt.sqrt());
+            let (dt, sigma, a, lam) = (f(c.dt), f(c.sigma), f(c.a), f(c.lam));
+            let noise = f(c.sigma * c.lam);
+            for i in 0..n {
+                let (mut cost, mut ito) = (0f32, 0f32);
+                for j in i * d..(i + 1) * d {
+                    let (x, uu) = (xs[j], us[j]);
+                    let refu = x * rs;
+                    let diff = uu - refu;
+                    cost += diff * (uu - (uu + refu) * 0.5);
+                    let dw = xis[j] * sq;
+                    ito += diff * dw;
+                    x_next[j] = x + (x * a + uu * sigma) * dt + dw * noise;
+                    coef[j] = dw * lam;
+                }
+                rv[i] += cost * dt;
+                rv[i] += ito * lam;
+            }
+        }
+        RndForm::ExpIntegrator { alpha, sigma: s } => {
+            let beta = (alpha * c.dt.sqrt()).clamp(0.0, 1.0);
+            let decay = f((1.0 - beta * beta).sqrt());
+            let quad = f(beta * beta * s * s);
+            let noise = f(s * beta * c.lam);
+            for i in 0..n {
+                let (mut cost, mut ito) = (0f32, 0f32);
+                for j in i * d..(i + 1) * d {
+                    let uu = us[j];
+                    cost += uu * (uu - uu * 0.5);
+                    ito += uu * xis[j];
+                    x_next[j] = xs[j] * decay + uu * quad + xis[j] * noise;
+                    coef[j] = xis[j] * noise;
+                }
+                rv[i] += cost * quad;
+                rv[i] += ito * noise;
+            }
+        }
+    }
+    (x_t, coef_t)
+}
+
 fn rowdot(a: &Tensor, b: &Tensor) -> Tensor {
     (a * b).sum_dim_intlist([1i64].as_slice(), false, a.kind())
 }
@@ -238,6 +374,12 @@ pub fn simulate_on(
     );
     let mut kept_u = Vec::new();
     let mut kept_c = Vec::new();
+    // The kept-controls path on CPU float32 updates X and R in one host pass per step.
+    let fused = keep
+        && zc.is_none()
+        && !opts.record
+        && x0.device() == tch::Device::Cpu
+        && x0.kind() == Kind::Float;
     let n = x0.size()[0];
     let d = x0.size()[1];
     let dim = d as usize;
@@ -305,6 +447,20 @@ pub fn simulate_on(
             u.detach()
         };
         let xi = project_opt(zc, &Tensor::randn([n, d], opts_t));
+        if fused {
+            // Same update and R terms as below, in one host pass (no graph is needed here).
+            let (x_next, coef) = fused_lv_update(
+                method.form,
+                &xk,
+                &u,
+                &xi,
+                &mut r,
+                step_coefs(method, t, dt, lam),
+            );
+            x = x_next;
+            kept_c.push(coef);
+            continue;
+        }
         match method.form {
             RndForm::Reference { .. } => {
                 let rs = method.ref_scale(t);

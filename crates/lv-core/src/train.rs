@@ -355,10 +355,7 @@ impl<'a> Trainer<'a> {
             let r_leaf = out.rnd.detach().set_requires_grad(true);
             let lv = loss_of(&r_leaf);
             lv.loss.backward();
-            let g = r_leaf.grad().detach();
-            let us = Tensor::cat(&kept.us, 0);
-            let coefs = Tensor::cat(&kept.coefs, 0) * g.repeat([steps as i64]).unsqueeze(1);
-            (us * coefs).sum(Kind::Float).backward();
+            kept.backward(&r_leaf.grad());
             tape.finish();
             return (lv.loss.detach(), filtered_of(&lv.kept), true);
         }

@@ -55,31 +55,32 @@ fn expf(x: f32) -> f32 {
 
 /// (GELU(h), GELU'(h)) for the exact GELU h·Φ(h): GELU' = Φ(h) + h·φ(h).
 ///
-/// Φ(h) = ½ erfc(−h/√2) with the Chebyshev-fitted erfc(z) = t·exp(−z² + P(t)),
-/// t = 1/(1 + z/2) (Numerical Recipes' `erfcc`, relative error < 1.2e-7 for every z ≥ 0), so
-/// the value is relatively accurate in the left tail as well; φ(h) = e^{−h²/2}/√(2π).
+/// With z = |h|/√2, Φ(−|h|) = ½ erfc(z) = ½ e^{−z²} erfcx(z), and erfcx(z) = t·Q(t) with
+/// t = 1/(1 + z/2) and Q a degree-9 polynomial fitted here for minimax *relative* error on
+/// z ∈ [0, 10] (2.0e-8 in exact arithmetic, about 3e-7 evaluated in float32; beyond z = 10
+/// e^{−z²} underflows anyway). So Φ is relatively accurate in the left tail too, and one
+/// exp serves both Φ and φ(h) = e^{−z²}/√(2π).
 #[inline(always)]
 pub(crate) fn gelu_pair(h: f32) -> (f32, f32) {
     let z = h.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / z.mul_add(0.5, 1.0);
-    let mut p = 0.170_872_77f32;
+    let mut q = 0.012_272_669f32;
     for c in [
-        -0.822_152_23,
-        1.488_515_9,
-        -1.135_204,
-        0.278_868_07,
-        -0.186_288_06,
-        0.096_784_18,
-        0.374_091_96,
-        1.000_023_7,
-        -1.265_512_2,
+        -0.123_203_59,
+        0.428_830_74,
+        -0.669_921_34,
+        0.421_213_24,
+        -0.098_296_486,
+        0.225_538_21,
+        0.238_644_91,
+        0.282_857_09,
+        0.282_064_5,
     ] {
-        p = p.mul_add(t, c);
+        q = q.mul_add(t, c);
     }
     let ez = expf(-z * z); // e^{-h²/2}
-    let q = 0.5 * t * ez * expf(p); // ½ erfc(|h|/√2) = Φ(−|h|)
-    let cdf = if h < 0.0 { q } else { 1.0 - q };
-    // φ(h) = e^{-h²/2} / √(2π)
+    let tail = 0.5 * ez * t * q; // Φ(−|h|)
+    let cdf = if h < 0.0 { tail } else { 1.0 - tail };
     (h * cdf, h.mul_add(ez * 0.398_942_3, cdf))
 }
 
@@ -456,7 +457,7 @@ mod tests {
                 continue;
             }
             assert!(
-                (v - want[i]).abs() <= 3e-6 * want[i].abs() + 1e-25,
+                (v - want[i]).abs() <= 1.5e-6 * want[i].abs() + 1e-25,
                 "GELU({}) = {v} vs {}",
                 xs[i],
                 want[i]
