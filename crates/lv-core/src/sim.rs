@@ -288,7 +288,7 @@ fn fused_lv_update(
             let sq = f(c.dt.sqrt());
             let (dt, sigma, a, lam) = (f(c.dt), f(c.sigma), f(c.a), f(c.lam));
             let noise = f(c.sigma * c.lam);
-            for i in 0..n {
+            for (i, ri) in rv.iter_mut().enumerate() {
                 let (mut cost, mut ito) = (0f32, 0f32);
                 for j in i * d..(i + 1) * d {
                     let (x, uu) = (xs[j], us[j]);
@@ -300,8 +300,8 @@ fn fused_lv_update(
                     x_next[j] = x + (x * a + uu * sigma) * dt + dw * noise;
                     coef[j] = dw * lam;
                 }
-                rv[i] += cost * dt;
-                rv[i] += ito * lam;
+                *ri += cost * dt;
+                *ri += ito * lam;
             }
         }
         RndForm::ExpIntegrator { alpha, sigma: s } => {
@@ -309,7 +309,7 @@ fn fused_lv_update(
             let decay = f((1.0 - beta * beta).sqrt());
             let quad = f(beta * beta * s * s);
             let noise = f(s * beta * c.lam);
-            for i in 0..n {
+            for (i, ri) in rv.iter_mut().enumerate() {
                 let (mut cost, mut ito) = (0f32, 0f32);
                 for j in i * d..(i + 1) * d {
                     let uu = us[j];
@@ -318,8 +318,8 @@ fn fused_lv_update(
                     x_next[j] = xs[j] * decay + uu * quad + xis[j] * noise;
                     coef[j] = xis[j] * noise;
                 }
-                rv[i] += cost * quad;
-                rv[i] += ito * noise;
+                *ri += cost * quad;
+                *ri += ito * noise;
             }
         }
     }
