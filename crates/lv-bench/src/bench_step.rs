@@ -136,22 +136,10 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         None
     };
     let label = config_label(args);
-    let rows_per_chunk = trainer.settings.replay_rows;
-    let large = rows_per_chunk != 0 && args.batch * args.steps_grid > 8 * rows_per_chunk;
-    let lv_path = if !res.loss.detached() {
-        "graph".to_string()
-    } else if args.no_replay {
+    let lv_path = if res.loss.detached() && args.no_replay {
         "step-by-step".to_string()
-    } else if large
-        && !args.no_direct
-        && built.v.is_none()
-        && args.batch * args.steps_grid <= trainer.settings.lv_direct_max_rows
-    {
-        "direct".to_string()
-    } else if large {
-        format!("replay, {rows_per_chunk} rows per chunk")
     } else {
-        "replay".to_string()
+        trainer.grad_path().to_string()
     };
     if args.json {
         let mut obj = serde_json::json!({

@@ -65,6 +65,11 @@ pub trait Control {
         false
     }
 
+    /// Whether [`Control::start_tape`] would succeed (no side effects). Default: `false`.
+    fn tape_supported(&self) -> bool {
+        false
+    }
+
     /// Completes the parameter gradients of the evaluations since [`Control::start_tape`]
     /// (call after the backward pass) and ends tape mode. Default: no-op.
     fn finish_tape(&self) {}
@@ -131,6 +136,9 @@ macro_rules! delegate_control {
             }
             fn start_tape(&self) -> bool {
                 (**self).start_tape()
+            }
+            fn tape_supported(&self) -> bool {
+                (**self).tape_supported()
             }
             fn finish_tape(&self) {
                 (**self).finish_tape()

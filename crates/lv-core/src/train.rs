@@ -57,7 +57,9 @@ pub struct TrainSettings {
     /// (docs/performance.md): one piece is fastest at 25,600 rows (B = 256, N = 100), chunks
     /// of 8,192 rows are 1.6× faster than one piece at 409,600 rows (B = 2048, N = 200).
     pub replay_rows: usize,
-    /// For replays above 8 × `replay_rows` rows (and no inference control), skip the replay:
+    /// For replays above 8 × `replay_rows` rows, or at any size when the control runs its
+    /// network natively (`native_trunk` and [`Control::start_tape`]), and with no inference
+    /// control, skip the replay:
     /// keep the live controls of the simulation with their graphs and backpropagate
     /// Σ_k ⟨u_k, ∂R/∂u_k · ∂L/∂R⟩ ([`crate::sim::KeptControls`]): one network forward and
     /// one backward per step instead of two forwards (docs/performance.md). `false` uses the
@@ -287,6 +289,35 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// How [`Trainer::batch_loss`] obtains the gradient of a full-trajectory batch with the
+    /// current settings (sub-trajectory training aside).
+    pub fn grad_path(&self) -> GradPath {
+        if !self.loss.detached() || !self.settings.replay {
+            return GradPath::Graph;
+        }
+        let n = self.settings.batch.max(1);
+        let n_eff = match self.loss {
+            LossKind::LvTraj { k } => (n / k).max(1) * k,
+            _ => n,
+        };
+        let rows = self.method.grid.steps() * n_eff;
+        let chunk = self.settings.replay_rows;
+        let large = chunk != 0 && rows > 8 * chunk;
+        let direct_ok = self.settings.lv_direct
+            && rows <= self.settings.lv_direct_max_rows
+            && self.controls.v.is_none();
+        // A control with a native network (tape) makes the direct path the fastest at every
+        // size (docs/performance.md); without one it pays off only for large replays.
+        let native = direct_ok && self.settings.native_trunk && self.controls.u.tape_supported();
+        if direct_ok && (large || native) {
+            GradPath::Direct { native }
+        } else {
+            GradPath::Replay {
+                chunk_rows: large.then_some(chunk),
+            }
+        }
+    }
+
     /// The loss of one batch and the number of filtered samples. When the returned flag is
     /// true the gradients have already been accumulated (chunked replay) and the loss is
     /// detached; otherwise the caller backpropagates the loss.
@@ -336,20 +367,11 @@ impl<'a> Trainer<'a> {
                 return (loss, filtered_of(&kept), false);
             }
         }
-        let steps = self.method.grid.steps();
-        let rows = self.settings.replay_rows;
-        let large = rows != 0 && steps * n_eff as usize > 8 * rows;
-        if self.loss.detached()
-            && self.settings.replay
-            && self.settings.lv_direct
-            && large
-            && steps * n_eff as usize <= self.settings.lv_direct_max_rows
-            && self.controls.v.is_none()
-        {
+        if let GradPath::Direct { native } = self.grad_path() {
             // Direct LV gradient: g = dL/dR on a leaf copy of R, then one backward of
             // Σ_k ⟨u_k, stopgrad(∂R/∂u_k · g)⟩ through the kept control graphs.
             opts.keep_controls = true;
-            let tape = TapeGuard::start(self.controls.u, self.settings.native_trunk);
+            let tape = TapeGuard::start(self.controls.u, native);
             let out = simulate(self.method, self.target, self.controls, &x0, opts);
             let kept = out.kept.expect("kept controls requested");
             let r_leaf = out.rnd.detach().set_requires_grad(true);
@@ -488,6 +510,32 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// The gradient path of an LV-family batch ([`Trainer::grad_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradPath {
+    /// Autograd through the simulation: the KL family, or LV step by step (`replay = false`).
+    Graph,
+    /// The direct backward through the kept controls (`lv_direct`); `native`: the control
+    /// runs its network natively ([`Control::start_tape`]).
+    Direct { native: bool },
+    /// The batched replay, in chunks of `chunk_rows` rows or (`None`) in one piece.
+    Replay { chunk_rows: Option<usize> },
+}
+
+impl std::fmt::Display for GradPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GradPath::Graph => write!(f, "graph"),
+            GradPath::Direct { native: true } => write!(f, "direct, native net"),
+            GradPath::Direct { native: false } => write!(f, "direct"),
+            GradPath::Replay { chunk_rows: None } => write!(f, "replay"),
+            GradPath::Replay {
+                chunk_rows: Some(r),
+            } => write!(f, "replay, {r} rows per chunk"),
+        }
+    }
+}
+
 /// An open [`Control::start_tape`]: `finish` completes the gradients; dropping it unfinished
 /// (an early return or a panic) discards the tape.
 struct TapeGuard<'a> {
@@ -497,7 +545,7 @@ struct TapeGuard<'a> {
 
 impl<'a> TapeGuard<'a> {
     fn start(control: &'a dyn Control, enabled: bool) -> Self {
-        let open = enabled && control.start_tape();
+        let open = enabled && control.tape_supported() && control.start_tape();
         Self { control, open }
     }
     fn finish(mut self) {

@@ -174,6 +174,9 @@ impl Control for ClippedCtrl {
     fn start_tape(&self) -> bool {
         self.net.start_tape()
     }
+    fn tape_supported(&self) -> bool {
+        self.net.tape_supported()
+    }
     fn finish_tape(&self) {
         self.net.finish_tape()
     }
@@ -254,6 +257,9 @@ impl Control for ScoreCtrl {
     }
     fn start_tape(&self) -> bool {
         self.net.start_tape()
+    }
+    fn tape_supported(&self) -> bool {
+        self.net.tape_supported()
     }
     fn finish_tape(&self) {
         self.net.finish_tape()
@@ -434,6 +440,9 @@ impl Control for LerpCtrl {
     fn start_tape(&self) -> bool {
         self.net.start_tape()
     }
+    fn tape_supported(&self) -> bool {
+        self.net.tape_supported()
+    }
     fn finish_tape(&self) {
         self.net.finish_tape()
     }
@@ -516,6 +525,9 @@ macro_rules! delegate_control {
             }
             fn start_tape(&self) -> bool {
                 self.0.start_tape()
+            }
+            fn tape_supported(&self) -> bool {
+                self.0.tape_supported()
             }
             fn finish_tape(&self) {
                 self.0.finish_tape()

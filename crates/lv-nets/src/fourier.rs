@@ -322,7 +322,7 @@ impl FourierMlp {
     /// leaves. Only on CPU; returns whether tape mode is on. The parameters must not change
     /// while a tape is open.
     pub fn start_tape(&self) -> bool {
-        if self.device() != Device::Cpu {
+        if !self.tape_supported() {
             return false;
         }
         let layers =
@@ -340,6 +340,11 @@ impl FourierMlp {
         let width = self.input.ws.size()[0] as usize;
         *lock(&self.tape) = Some(TrunkTape::new(layers, width));
         true
+    }
+
+    /// Whether [`FourierMlp::start_tape`] works here: parameters on the CPU.
+    pub fn tape_supported(&self) -> bool {
+        self.device() == Device::Cpu
     }
 
     /// Ends tape mode after the backward pass through the returned leaves: runs the

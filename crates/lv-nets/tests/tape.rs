@@ -5,7 +5,7 @@ use lv_core::loss::LossKind;
 use lv_core::method::Method;
 use lv_core::sim::Controls;
 use lv_core::testing::{rng_lock, ScaledGauss};
-use lv_core::train::{TrainSettings, Trainer};
+use lv_core::train::{GradPath, TrainSettings, Trainer};
 use lv_core::Control;
 use lv_nets::{CtrlConfig, FourierMlp, LerpCtrl, MlpConfig, ScoreCtrl};
 use tch::nn::VarStore;
@@ -133,9 +133,10 @@ fn taped_fourier_mlp_matches_autograd() {
     }
 }
 
-/// A whole trainer batch through the direct LV path (B · N above 8 × `replay_rows`): the
-/// native trunk gives the same parameter gradients as autograd, for DIS (LerpCtrl, time
-/// reversal) and PIS (ScoreCtrl, reference SDE), LV and LV per initial point.
+/// A whole trainer batch through the direct LV path with the native trunk gives the
+/// parameter gradients of the autograd direct path (large batches) and of the one-piece
+/// replay (small ones), for DIS (LerpCtrl, time reversal) and PIS (ScoreCtrl, reference
+/// SDE), LV and LV per initial point.
 #[test]
 fn direct_lv_with_native_trunk_matches_autograd() {
     let _rng = rng_lock();
@@ -170,10 +171,12 @@ fn direct_lv_with_native_trunk_matches_autograd() {
             };
             randomize(&vs);
             let params = ctrl.parameters();
-            let run = |native: bool| -> Vec<Tensor> {
+            // rows 4: B·N above 8 × replay_rows, direct either way; rows 0: the reference is
+            // the one-piece replay, and the native network still takes the direct path.
+            let run = |native: bool, rows: usize| -> Vec<Tensor> {
                 let s = TrainSettings {
                     batch: 32,
-                    replay_rows: 4,
+                    replay_rows: rows,
                     native_trunk: native,
                     ..TrainSettings::default()
                 };
@@ -186,20 +189,30 @@ fn direct_lv_with_native_trunk_matches_autograd() {
                     Device::Cpu,
                     None,
                 );
+                let expect = match (native, rows) {
+                    (true, _) => GradPath::Direct { native: true },
+                    (false, 0) => GradPath::Replay { chunk_rows: None },
+                    (false, _) => GradPath::Direct { native: false },
+                };
+                assert_eq!(tr.grad_path(), expect);
                 tr.adam.zero_grad();
                 tch::manual_seed(11);
-                let (_, _, done) = tr.batch_loss();
-                assert!(done, "the direct path accumulates the gradients itself");
+                let (l, _, done) = tr.batch_loss();
+                if !done {
+                    l.backward();
+                }
                 grads(&params)
             };
-            let reference = run(false);
-            let native = run(true);
-            assert_close(
-                &reference,
-                &native,
-                5e-5,
-                &format!("{} {loss:?}", if pis { "PIS" } else { "DIS" }),
-            );
+            for rows in [4, 0] {
+                let reference = run(false, rows);
+                let native = run(true, rows);
+                assert_close(
+                    &reference,
+                    &native,
+                    5e-5,
+                    &format!("{} {loss:?} rows {rows}", if pis { "PIS" } else { "DIS" }),
+                );
+            }
         }
     }
 }
