@@ -165,3 +165,26 @@ static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Asserts that two lists of parameter gradients agree to relative L2 difference `tol` per
+/// parameter, and that the reference is not trivially zero (so the check can fail).
+pub fn assert_grads_close(reference: &[Tensor], other: &[Tensor], tol: f64, what: &str) {
+    assert_eq!(
+        reference.len(),
+        other.len(),
+        "{what}: gradient counts differ"
+    );
+    assert!(
+        reference
+            .iter()
+            .any(|g| g.abs().max().double_value(&[]) > 1e-6),
+        "{what}: the reference gradient is zero"
+    );
+    for (i, (a, b)) in reference.iter().zip(other).enumerate() {
+        let rel = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+        assert!(
+            rel < tol,
+            "{what}: parameter {i}: relative difference {rel}"
+        );
+    }
+}

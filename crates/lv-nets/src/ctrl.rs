@@ -129,6 +129,25 @@ fn per_row(ts: &[f64], n: i64, device: Device, f: impl Fn(f64) -> f64) -> Tensor
         .unsqueeze(1)
 }
 
+/// The tape-mode methods of [`Control`] for a control whose base network is `self.net`
+/// (a [`FourierMlp`], which does the work).
+macro_rules! net_tape {
+    () => {
+        fn start_tape(&self) -> bool {
+            self.net.start_tape()
+        }
+        fn tape_supported(&self) -> bool {
+            self.net.tape_supported()
+        }
+        fn finish_tape(&self) {
+            self.net.finish_tape()
+        }
+        fn drop_tape(&self) {
+            self.net.drop_tape()
+        }
+    };
+}
+
 /// Score-free control u(t, x) = clip_m(NN(t, x)).
 #[derive(Debug)]
 pub struct ClippedCtrl {
@@ -171,18 +190,7 @@ impl Control for ClippedCtrl {
     fn clear_times(&self) {
         self.net.clear_times()
     }
-    fn start_tape(&self) -> bool {
-        self.net.start_tape()
-    }
-    fn tape_supported(&self) -> bool {
-        self.net.tape_supported()
-    }
-    fn finish_tape(&self) {
-        self.net.finish_tape()
-    }
-    fn drop_tape(&self) {
-        self.net.drop_tape()
-    }
+    net_tape!();
 }
 
 /// Langevin-preconditioned control of PIS and DDS:
@@ -255,18 +263,7 @@ impl Control for ScoreCtrl {
         self.net.clear_times();
         self.scale.clear_times();
     }
-    fn start_tape(&self) -> bool {
-        self.net.start_tape()
-    }
-    fn tape_supported(&self) -> bool {
-        self.net.tape_supported()
-    }
-    fn finish_tape(&self) {
-        self.net.finish_tape()
-    }
-    fn drop_tape(&self) {
-        self.net.drop_tape()
-    }
+    net_tape!();
 }
 
 /// Which score terms a Lerp control interpolates.
@@ -437,18 +434,7 @@ impl Control for LerpCtrl {
         self.net.clear_times();
         self.scale.clear_times();
     }
-    fn start_tape(&self) -> bool {
-        self.net.start_tape()
-    }
-    fn tape_supported(&self) -> bool {
-        self.net.tape_supported()
-    }
-    fn finish_tape(&self) {
-        self.net.finish_tape()
-    }
-    fn drop_tape(&self) {
-        self.net.drop_tape()
-    }
+    net_tape!();
 }
 
 /// The Bridge's forward control u: [`LerpCtrl`] with only the target term,

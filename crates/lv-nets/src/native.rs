@@ -204,14 +204,14 @@ fn mul_colsum(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
     }
 }
 
-/// A `[rows, cols]` CPU float32 tensor viewing `data` (row-major, contiguous). The view must
-/// not outlive `data`; every use below is a GEMM operand that dies within the statement.
-fn view(data: &[f32], rows: usize, cols: usize) -> Tensor {
-    assert!(data.len() >= rows * cols);
-    // SAFETY: the slice covers rows·cols floats and outlives the (temporary) tensor.
+/// A `[rows, cols]` row-major CPU float32 tensor over `len ≥ rows·cols` floats at `ptr`.
+fn blob(ptr: *const f32, len: usize, rows: usize, cols: usize) -> Tensor {
+    assert!(len >= rows * cols);
+    // SAFETY: the memory covers rows·cols floats; every caller passes a live slice that
+    // outlives the tensor (each use is a GEMM operand that dies within the statement).
     unsafe {
         Tensor::from_blob(
-            data.as_ptr() as *const u8,
+            ptr as *const u8,
             &[rows as i64, cols as i64],
             &[cols as i64, 1],
             Kind::Float,
@@ -220,19 +220,14 @@ fn view(data: &[f32], rows: usize, cols: usize) -> Tensor {
     }
 }
 
-/// As [`view`], for a GEMM output written through the view.
+/// A `[rows, cols]` tensor viewing `data` (read-only use).
+fn view(data: &[f32], rows: usize, cols: usize) -> Tensor {
+    blob(data.as_ptr(), data.len(), rows, cols)
+}
+
+/// A `[rows, cols]` tensor viewing `data`, for a GEMM output written through the view.
 fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> Tensor {
-    assert!(data.len() >= rows * cols);
-    // SAFETY: as in `view`; the pointer comes from the exclusive borrow.
-    unsafe {
-        Tensor::from_blob(
-            data.as_mut_ptr() as *const u8,
-            &[rows as i64, cols as i64],
-            &[cols as i64, 1],
-            Kind::Float,
-            Device::Cpu,
-        )
-    }
+    blob(data.as_mut_ptr(), data.len(), rows, cols)
 }
 
 /// Host copy of a float32 tensor (any shape), in row-major order.

@@ -4,7 +4,7 @@
 use lv_core::loss::LossKind;
 use lv_core::method::Method;
 use lv_core::sim::Controls;
-use lv_core::testing::{rng_lock, ScaledGauss};
+use lv_core::testing::{assert_grads_close, rng_lock, ScaledGauss};
 use lv_core::train::{GradPath, TrainSettings, Trainer};
 use lv_core::Control;
 use lv_nets::{CtrlConfig, FourierMlp, LerpCtrl, MlpConfig, ScoreCtrl};
@@ -45,20 +45,6 @@ fn grads(params: &[Tensor]) -> Vec<Tensor> {
             }
         })
         .collect()
-}
-
-/// Relative L2 difference per parameter below `tol`, and the reference not all zero.
-fn assert_close(reference: &[Tensor], other: &[Tensor], tol: f64, what: &str) {
-    assert!(reference
-        .iter()
-        .any(|g| g.abs().max().double_value(&[]) > 1e-6));
-    for (i, (a, b)) in reference.iter().zip(other).enumerate() {
-        let rel = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
-        assert!(
-            rel < tol,
-            "{what}: parameter {i}: relative difference {rel}"
-        );
-    }
 }
 
 /// NN(t_k, x_k) over prepared times, clipped, paired with fixed cotangents, plus one
@@ -115,10 +101,10 @@ fn taped_fourier_mlp_matches_autograd() {
                 "width {width}: values differ by {err} (scale {scale})"
             );
         }
-        assert_close(&g0, &g1, 2e-5, &format!("width {width}"));
+        assert_grads_close(&g0, &g1, 2e-5, &format!("width {width}"));
         // A second tape reuses the buffers and gives the same again.
         let (_, g2) = run(true);
-        assert_close(&g0, &g2, 2e-5, &format!("width {width}, second tape"));
+        assert_grads_close(&g0, &g2, 2e-5, &format!("width {width}, second tape"));
         // A dropped tape leaves the plain autograd path.
         assert!(net.start_tape());
         net.drop_tape();
@@ -206,7 +192,7 @@ fn direct_lv_with_native_trunk_matches_autograd() {
             for rows in [4, 0] {
                 let reference = run(false, rows);
                 let native = run(true, rows);
-                assert_close(
+                assert_grads_close(
                     &reference,
                     &native,
                     5e-5,
