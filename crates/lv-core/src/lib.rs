@@ -9,6 +9,7 @@
 //! - [`sim`]: Euler–Maruyama with log-RND accumulation; batched LV replay.
 //! - [`loss`]: KL, KL-Itô, LV, LV per initial point, moment/TB.
 //! - [`estimate`]: log Z (IS, ELBO), ESS.
+//! - [`par`]: row-parallel host loops in libtorch's OpenMP thread team.
 //! - [`optim`], [`train`]: Adam (coupled L2), StepLR, clipping, the training loop.
 
 pub mod control;
@@ -17,6 +18,7 @@ pub mod grid;
 pub mod loss;
 pub mod method;
 pub mod optim;
+pub mod par;
 pub mod prior;
 pub mod sde;
 pub mod sim;

@@ -19,6 +19,7 @@
 //! range-reduced degree-7 polynomial (relative error < 2e-7). Both are float32-accurate and
 //! vectorise (AVX-512 or AVX2+FMA chosen at run time).
 
+use lv_core::par;
 use tch::{Device, Kind, Tensor};
 
 /// `exp(x)` in f32, branch-free (vectorisable): x = k ln2 + r, |r| ≤ ln2/2, degree-7 Taylor
@@ -180,8 +181,31 @@ fn isa() -> Isa {
     })
 }
 
+/// Fewest elements per part of a parallel host pass (libtorch's own grain size).
+const GRAIN: usize = 32_768;
+
+/// [`bias_gelu_serial`] split by rows over libtorch's OpenMP team ([`lv_core::par`]).
 fn bias_gelu(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
+    bias_gelu_on(par::threads(), h, g, bias)
+}
+
+fn bias_gelu_on(threads: usize, h: &mut [f32], g: &mut [f32], bias: &[f32]) {
     assert_eq!(h.len(), g.len());
+    let c = bias.len().max(1);
+    let parts = par::split_rows(h.len() / c, GRAIN.div_ceil(c), threads);
+    if parts.len() == 1 {
+        return bias_gelu_serial(h, g, bias);
+    }
+    let (hv, gv) = (par::SharedMut::new(h), par::SharedMut::new(g));
+    par::run_parts(&parts, &|_, rows| {
+        let els = rows.start * c..rows.end * c;
+        // SAFETY: the parts' rows are disjoint.
+        let (hp, gp) = unsafe { (hv.slice(els.clone()), gv.slice(els)) };
+        bias_gelu_serial(hp, gp, bias);
+    });
+}
+
+fn bias_gelu_serial(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
     match isa() {
         // SAFETY: the features were detected at run time.
         #[cfg(target_arch = "x86_64")]
@@ -192,8 +216,33 @@ fn bias_gelu(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// [`mul_colsum_serial`] split by rows over libtorch's OpenMP team; the parts' column sums
+/// are added in part order (the result depends on the thread count only through rounding).
 fn mul_colsum(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
+    mul_colsum_on(par::threads(), da, g, dh, colsum)
+}
+
+fn mul_colsum_on(threads: usize, da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
     assert!(da.len() == g.len() && g.len() == dh.len());
+    let c = colsum.len().max(1);
+    let parts = par::split_rows(dh.len() / c, GRAIN.div_ceil(c), threads);
+    if parts.len() == 1 {
+        return mul_colsum_serial(da, g, dh, colsum);
+    }
+    let mut partial = vec![0f32; parts.len() * c];
+    let (hv, pv) = (par::SharedMut::new(dh), par::SharedMut::new(&mut partial));
+    par::run_parts(&parts, &|p, rows| {
+        let els = rows.start * c..rows.end * c;
+        // SAFETY: the parts' rows, and their partial sums, are disjoint.
+        let (hp, sp) = unsafe { (hv.slice(els.clone()), pv.slice(p * c..(p + 1) * c)) };
+        mul_colsum_serial(&da[els.clone()], &g[els], hp, sp);
+    });
+    for part in partial.chunks_exact(c) {
+        colsum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
+    }
+}
+
+fn mul_colsum_serial(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
     match isa() {
         // SAFETY: the features were detected at run time.
         #[cfg(target_arch = "x86_64")]
@@ -478,6 +527,49 @@ mod tests {
         assert_eq!(gelu_pair(100.0), (100.0, 1.0));
         assert!(gelu_pair(f32::NAN).0.is_nan() && gelu_pair(f32::NAN).1.is_nan());
         assert!(gelu_pair(f32::INFINITY).0.is_infinite() || gelu_pair(f32::INFINITY).0.is_nan());
+    }
+
+    #[test]
+    fn parallel_passes_equal_serial_ones() {
+        // 2048 × 64 is the paper's batch and width: split in two parts of 1024 rows.
+        let (n, c) = (2048, 64);
+        let vals = |seed: u32| -> Vec<f32> {
+            (0..n * c)
+                .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / 4.3e9 * 8.0 - 4.0)
+                .collect()
+        };
+        let bias: Vec<f32> = (0..c).map(|j| j as f32 * 0.01 - 0.3).collect();
+        let (mut h1, mut g1) = (vals(1), vec![0f32; n * c]);
+        let (mut h2, mut g2) = (h1.clone(), vec![0f32; n * c]);
+        bias_gelu_on(1, &mut h1, &mut g1, &bias);
+        bias_gelu_on(2, &mut h2, &mut g2, &bias);
+        assert_eq!(par::split_rows(n, GRAIN.div_ceil(c), 2).len(), 2);
+        assert!(
+            h1 == h2 && g1 == g2,
+            "elementwise pass differs between 1 and 2 threads"
+        );
+        assert_ne!(h1, vals(1), "the pass wrote nothing");
+
+        let da = vals(7);
+        let (mut d1, mut s1) = (vec![0f32; n * c], vec![0.5f32; c]);
+        let (mut d2, mut s2) = (vec![0f32; n * c], vec![0.5f32; c]);
+        mul_colsum_on(1, &da, &g1, &mut d1, &mut s1);
+        mul_colsum_on(2, &da, &g1, &mut d2, &mut s2);
+        assert_eq!(d1, d2);
+        for j in 0..c {
+            let exact: f64 = 0.5
+                + (0..n)
+                    .map(|i| (da[i * c + j] * g1[i * c + j]) as f64)
+                    .sum::<f64>();
+            assert!(
+                (s1[j] as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "serial colsum {j}"
+            );
+            assert!(
+                (s2[j] as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "parallel colsum {j}"
+            );
+        }
     }
 
     #[test]
