@@ -45,7 +45,7 @@ fn setup(method: &str, target: &str, steps: usize) -> Setup {
                 &(&root / "u"),
                 d,
                 &cfg,
-                Box::new(move |t| sde.sigma(t)),
+                std::sync::Arc::new(move |t| sde.sigma(t)),
                 method.grid.t_end(),
                 1.0,
             ))
@@ -65,6 +65,7 @@ const SIZES: [(usize, usize); 2] = [(256, 100), (2048, 200)];
 
 fn train_step(c: &mut Criterion) {
     tch::set_num_threads(1);
+    lv_core::par::tune_allocator();
     let mut g = c.benchmark_group("train_step");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))

@@ -56,6 +56,10 @@ pub struct BenchStepArgs {
     /// (`train.native_trunk = false`).
     #[arg(long)]
     pub no_native: bool,
+    /// Batch shards (`train.batch_shards`): 0 = auto (one per thread when it pays), 1 = one
+    /// batch on all libtorch threads.
+    #[arg(long)]
+    pub shards: Option<usize>,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -105,6 +109,9 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     if args.no_native {
         settings.native_trunk = false;
     }
+    if let Some(s) = args.shards {
+        settings.batch_shards = s;
+    }
     let mut trainer = Trainer::new(
         &built.method,
         built.target.as_ref(),
@@ -136,11 +143,15 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         None
     };
     let label = config_label(args);
-    let lv_path = if res.loss.detached() && args.no_replay {
+    let mut lv_path = if res.loss.detached() && args.no_replay {
         "step-by-step".to_string()
     } else {
         trainer.grad_path().to_string()
     };
+    let shards = trainer.shards();
+    if shards > 1 {
+        lv_path = format!("{lv_path}, {shards} batch shards");
+    }
     if args.json {
         let mut obj = serde_json::json!({
             "config": label,
@@ -158,6 +169,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "lv_direct": !args.no_direct,
             "native_trunk": !args.no_native,
             "lv_path": lv_path,
+            "batch_shards": shards,
             "seconds": secs,
             "cpu_seconds": cpu,
             "cpu_steps_per_s": cpu_steps_per_s,

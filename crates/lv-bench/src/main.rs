@@ -68,6 +68,7 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    lv_core::par::tune_allocator();
     let seed = cli.seed.unwrap_or(1);
     set_threads(cli.threads.unwrap_or(1));
     tch::manual_seed(seed as i64);

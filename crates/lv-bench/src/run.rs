@@ -57,7 +57,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
     let d = target.dim() as i64;
     let sde = method.sde;
     let t_end = method.grid.t_end();
-    let sigma = move || -> lv_nets::ctrl::SigmaFn { Box::new(move |t| sde.sigma(t)) };
+    let sigma = move || -> lv_nets::ctrl::SigmaFn { std::sync::Arc::new(move |t| sde.sigma(t)) };
     let root = vs.root();
     let mut potential = None;
     let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) =

@@ -76,6 +76,16 @@ pub trait Control {
 
     /// Ends tape mode without adding gradients. Default: no-op.
     fn drop_tape(&self) {}
+
+    /// A copy for another thread (batch-sharded training, [`crate::train`]): the same
+    /// function, with parameters that are fresh autograd leaves *sharing storage* with this
+    /// control's (so evaluations agree exactly), its own caches and tape, and
+    /// [`Control::parameters`] in the same order as this control's. Gradients of the copy's
+    /// evaluations accumulate in the copy's parameters, which the trainer then adds to this
+    /// control's in a fixed order. Default: `None` (not shardable).
+    fn fork(&self) -> Option<Box<dyn Control + Send>> {
+        None
+    }
 }
 
 /// A control that is the gradient of a learned scalar Φ(t, x) (potential parametrisation,
@@ -145,6 +155,9 @@ macro_rules! delegate_control {
             }
             fn drop_tape(&self) {
                 (**self).drop_tape()
+            }
+            fn fork(&self) -> Option<Box<dyn Control + Send>> {
+                (**self).fork()
             }
         }
     )*};

@@ -351,6 +351,23 @@ pub fn simulate_on(
     x0: &Tensor,
     opts: SimOptions,
 ) -> SimOutput {
+    simulate_with_noise(method, grid, target, controls, x0, opts, None)
+}
+
+/// [`simulate_on`] with given standard normal increments `noise: [steps, n, d]` (row k is
+/// ξ_k of step k) instead of fresh draws from torch's generator at every step. The
+/// batch-sharded trainer draws once on its thread and hands each shard its rows, so results
+/// do not depend on thread scheduling. (One `[steps, n, d]` draw gives the same numbers as
+/// `steps` draws of `[n, d]` when n·d is a multiple of 16, libtorch's normal-sampling block.)
+pub fn simulate_with_noise(
+    method: &Method,
+    grid: &crate::grid::TimeGrid,
+    target: &dyn Target,
+    controls: Controls<'_>,
+    x0: &Tensor,
+    opts: SimOptions,
+    noise: Option<&Tensor>,
+) -> SimOutput {
     let mode = opts.mode;
     assert!(
         opts.noise_scale == 1.0 || mode == Mode::Lv,
@@ -392,6 +409,13 @@ pub fn simulate_on(
         r += prior_log_prob(&method.prior, &x, zc);
     }
     let steps = grid.steps();
+    if let Some(z) = noise {
+        assert_eq!(
+            z.size(),
+            [steps as i64, n, d],
+            "simulate_with_noise: noise must be [steps, n, d]"
+        );
+    }
     // Time-only parts of the controls for all grid times at once; cleared on return.
     let _prepared = PreparedTimes::new(controls, &grid.points()[..steps]);
     let mut rec_x = Vec::new();
@@ -446,7 +470,10 @@ pub fn simulate_on(
         } else {
             u.detach()
         };
-        let xi = project_opt(zc, &Tensor::randn([n, d], opts_t));
+        let xi = match noise {
+            Some(z) => project_opt(zc, &z.get(k as i64)),
+            None => project_opt(zc, &Tensor::randn([n, d], opts_t)),
+        };
         if fused {
             // Same update and R terms as below, in one host pass (no graph is needed here).
             let (x_next, coef) = fused_lv_update(

@@ -18,10 +18,15 @@ use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
 use crate::method::Method;
 use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup, StepLr};
-use crate::sim::{replay_lv, replay_lv_steps, simulate, Controls, DivMode, SimOptions};
+use crate::sim::{
+    replay_lv, replay_lv_steps, simulate, simulate_with_noise, Controls, DivMode, SimOptions,
+};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+/// Fewest rows per shard when [`TrainSettings::batch_shards`] is 0 (auto).
+pub const MIN_SHARD_ROWS: usize = 64;
 
 /// Settings of the training loop (validated by the config layer).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,6 +80,17 @@ pub struct TrainSettings {
     /// no autograd graph for the trunk). Same gradients to float32 rounding; `false` keeps
     /// the whole step in autograd.
     pub native_trunk: bool,
+    /// Batch shards for the full-trajectory paths (direct LV and the graph path of KL,
+    /// moment and LV without replay) on CPU: the batch is split into this many row blocks,
+    /// each simulated and backpropagated on its own thread with one libtorch thread, using a
+    /// [`Control::fork`] of the controls; dL/dR is computed once over the whole batch in
+    /// between, and the forks' gradients are added in shard order (deterministic). 0 = auto:
+    /// one shard per libtorch thread (the `threads` setting) when the controls can be forked
+    /// and every shard gets at least [`MIN_SHARD_ROWS`] rows, else 1 (no sharding). On the
+    /// 2-core CPU two shards are faster than two libtorch threads on one batch
+    /// (docs/performance.md), because most of a step is many small operations that
+    /// libtorch runs on one thread.
+    pub batch_shards: usize,
     /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
     /// linearly to 1 over the first `explore_steps` steps.
     pub explore_scale: f64,
@@ -116,6 +132,7 @@ impl Default for TrainSettings {
             lv_direct: true,
             lv_direct_max_rows: 2_000_000,
             native_trunk: true,
+            batch_shards: 0,
             explore_scale: 1.0,
             explore_steps: 0,
             div: DivModeSetting::Exact,
@@ -318,6 +335,45 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// Number of batch shards of the full-trajectory paths with the current settings
+    /// ([`TrainSettings::batch_shards`]); 1 means no sharding.
+    pub fn shards(&self) -> usize {
+        let n = self.settings.batch.max(1);
+        let n_eff = match self.loss {
+            LossKind::LvTraj { k } => (n / k).max(1) * k,
+            _ => n,
+        };
+        self.shard_count(n_eff)
+    }
+
+    fn shard_count(&self, rows: usize) -> usize {
+        if self.device != Device::Cpu
+            || !matches!(self.grad_path(), GradPath::Direct { .. } | GradPath::Graph)
+        {
+            return 1;
+        }
+        let wanted = match self.settings.batch_shards {
+            0 => {
+                let t = crate::par::threads();
+                if t >= 2 && rows >= t * MIN_SHARD_ROWS {
+                    t
+                } else {
+                    1
+                }
+            }
+            s => s.min(rows),
+        };
+        // Forks are cheap (fresh leaves over the same storage); this checks that they exist.
+        let forkable = || {
+            self.controls.u.fork().is_some() && self.controls.v.is_none_or(|v| v.fork().is_some())
+        };
+        if wanted > 1 && forkable() {
+            wanted
+        } else {
+            1
+        }
+    }
+
     /// The loss of one batch and the number of filtered samples. When the returned flag is
     /// true the gradients have already been accumulated (chunked replay) and the loss is
     /// detached; otherwise the caller backpropagates the loss.
@@ -367,7 +423,51 @@ impl<'a> Trainer<'a> {
                 return (loss, filtered_of(&kept), false);
             }
         }
-        if let GradPath::Direct { native } = self.grad_path() {
+        let path = self.grad_path();
+        let shards = self.shard_count(n_eff as usize);
+        if shards > 1 {
+            let direct = match path {
+                GradPath::Direct { native } => Some(native),
+                _ => None,
+            };
+            if direct.is_some() {
+                opts.keep_controls = true;
+            }
+            let noise = Tensor::randn(
+                [self.method.grid.steps() as i64, n_eff as i64, d],
+                (x0.kind(), x0.device()),
+            );
+            let parts = crate::par::split_rows(n_eff as usize, 1, shards);
+            let work: Vec<Shard> = parts
+                .iter()
+                .map(|r| {
+                    let (a, len) = (r.start as i64, r.len() as i64);
+                    Shard {
+                        u: self.controls.u.fork().expect("checked by shard_count"),
+                        v: self
+                            .controls
+                            .v
+                            .map(|v| v.fork().expect("checked by shard_count")),
+                        x0: x0.narrow(0, a, len).contiguous(),
+                        noise: noise.narrow(1, a, len).contiguous(),
+                    }
+                })
+                .collect();
+            let run = ShardRun {
+                method: self.method,
+                target: self.target,
+                div: self.controls.div,
+                opts,
+                direct,
+            };
+            let (loss, kept, done) = run.run(work, &loss_of);
+            add_fork_grads(self.controls.u, done.iter().map(|s| &*s.u));
+            if let Some(v) = self.controls.v {
+                add_fork_grads(v, done.iter().map(|s| &**s.v.as_ref().expect("forked v")));
+            }
+            return (loss, filtered_of(&kept), true);
+        }
+        if let GradPath::Direct { native } = path {
             // Direct LV gradient: g = dL/dR on a leaf copy of R, then one backward of
             // Σ_k ⟨u_k, stopgrad(∂R/∂u_k · g)⟩ through the kept control graphs.
             opts.keep_controls = true;
@@ -536,6 +636,169 @@ impl std::fmt::Display for GradPath {
     }
 }
 
+/// One shard of a batch-sharded step: forked controls and the shard's rows.
+struct Shard {
+    u: Box<dyn Control + Send>,
+    v: Option<Box<dyn Control + Send>>,
+    x0: Tensor,
+    /// `[steps, rows, d]`.
+    noise: Tensor,
+}
+
+/// What the shard threads share (read-only).
+struct ShardRun<'a> {
+    method: &'a Method,
+    target: &'a dyn Target,
+    div: DivMode,
+    opts: SimOptions,
+    /// `Some(native)`: the direct LV path (kept controls, tape if `native`); `None`: the
+    /// graph path.
+    direct: Option<bool>,
+}
+
+impl ShardRun<'_> {
+    /// Simulates every shard on its own thread (one libtorch thread each), computes the
+    /// loss on the concatenated R of all shards here and g = dL/dR, then lets each shard
+    /// backpropagate ⟨R_shard, g_shard⟩ (graph path) or its kept controls with g_shard
+    /// (direct path) into its forks. Returns the detached loss, the kept mask and the shards
+    /// with their gradients. The shard threads set their own thread count
+    /// ([`crate::par::set_local_threads`]; if that is unavailable, the global one, restored
+    /// afterwards); a panic in a shard is re-raised here.
+    fn run(
+        &self,
+        shards: Vec<Shard>,
+        loss_of: &dyn Fn(&Tensor) -> crate::loss::LossValue,
+    ) -> (Tensor, Tensor, Vec<Shard>) {
+        use std::sync::mpsc;
+        let threads = tch::get_num_threads();
+        let global_fallback = std::sync::atomic::AtomicBool::new(false);
+        let rows: Vec<i64> = shards.iter().map(|s| s.x0.size()[0]).collect();
+        let out = std::thread::scope(|scope| {
+            let (tx_r, rx_r) = mpsc::channel::<(usize, Tensor)>();
+            let mut to_shards = Vec::new();
+            let mut handles = Vec::new();
+            for (i, shard) in shards.into_iter().enumerate() {
+                let (tx_g, rx_g) = mpsc::channel::<Tensor>();
+                to_shards.push(tx_g);
+                let tx_r = tx_r.clone();
+                let global_fallback = &global_fallback;
+                handles.push(scope.spawn(move || {
+                    // One libtorch thread here; without the per-thread setters, the global one.
+                    if !crate::par::set_local_threads(1) {
+                        global_fallback.store(true, std::sync::atomic::Ordering::Relaxed);
+                        tch::set_num_threads(1);
+                    }
+                    self.shard(i, &shard, tx_r, rx_g);
+                    shard
+                }));
+            }
+            drop(tx_r);
+            let mut parts: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
+            for (i, r) in rx_r.iter() {
+                parts[i] = Some(r);
+            }
+            let result = if parts.iter().all(Option::is_some) {
+                let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
+                let r_leaf = Tensor::cat(&parts, 0).set_requires_grad(true);
+                let lv = loss_of(&r_leaf);
+                lv.loss.backward();
+                let g = r_leaf.grad();
+                let mut start = 0;
+                for (tx, &len) in to_shards.iter().zip(&rows) {
+                    let _ = tx.send(g.narrow(0, start, len).contiguous());
+                    start += len;
+                }
+                Some((lv.loss.detach(), lv.kept))
+            } else {
+                None // a shard panicked before sending R; its panic is re-raised below
+            };
+            drop(to_shards);
+            let done: Vec<Shard> = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect();
+            let (loss, kept) = result.expect("every shard sent R");
+            (loss, kept, done)
+        });
+        if global_fallback.into_inner() {
+            tch::set_num_threads(threads);
+        }
+        out
+    }
+}
+
+impl ShardRun<'_> {
+    /// Shard `i` on its thread: simulate, send R, wait for g, backpropagate (see
+    /// [`ShardRun::run`]). Without g (another shard failed) the tape is dropped.
+    fn shard(
+        &self,
+        i: usize,
+        shard: &Shard,
+        tx_r: std::sync::mpsc::Sender<(usize, Tensor)>,
+        rx_g: std::sync::mpsc::Receiver<Tensor>,
+    ) {
+        let controls = Controls {
+            u: &*shard.u,
+            v: shard.v.as_deref().map(|v| v as &dyn Control),
+            div: self.div,
+        };
+        let tape = TapeGuard::start(controls.u, self.direct == Some(true));
+        let out = simulate_with_noise(
+            self.method,
+            &self.method.grid,
+            self.target,
+            controls,
+            &shard.x0,
+            self.opts,
+            Some(&shard.noise),
+        );
+        let _ = tx_r.send((i, out.rnd.detach()));
+        drop(tx_r);
+        if let Ok(g) = rx_g.recv() {
+            match &out.kept {
+                Some(kept) => kept.backward(&g),
+                None => (&out.rnd * g).sum(Kind::Float).backward(),
+            }
+            tape.finish();
+        }
+    }
+}
+
+/// Adds the forks' parameter gradients to `control`'s, in fork order (so the sum does not
+/// depend on thread timing): one backward of Σ_i ⟨p_i, Σ_forks ∂p_i⟩.
+fn add_fork_grads<'f>(
+    control: &dyn Control,
+    forks: impl Iterator<Item = &'f (dyn Control + Send)>,
+) {
+    let params = control.parameters();
+    let mut sums: Vec<Option<Tensor>> = params.iter().map(|_| None).collect();
+    for fork in forks {
+        let fp = fork.parameters();
+        assert_eq!(
+            fp.len(),
+            params.len(),
+            "a fork has other parameters than its control"
+        );
+        for (sum, p) in sums.iter_mut().zip(&fp) {
+            let g = p.grad();
+            if g.defined() {
+                *sum = Some(match sum.take() {
+                    Some(s) => s + g,
+                    None => g.detach().copy(),
+                });
+            }
+        }
+    }
+    let terms: Vec<Tensor> = params
+        .iter()
+        .zip(sums)
+        .filter_map(|(p, g)| g.map(|g| (p * g).sum(Kind::Float)))
+        .collect();
+    if !terms.is_empty() {
+        Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+    }
+}
+
 /// An open [`Control::start_tape`]: `finish` completes the gradients; dropping it unfinished
 /// (an early return or a panic) discards the tape.
 struct TapeGuard<'a> {
@@ -560,6 +823,80 @@ impl Drop for TapeGuard<'_> {
     fn drop(&mut self) {
         if self.open {
             self.control.drop_tape();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{rng_lock, ScaledGauss};
+
+    /// u(t, x) = w·x; its forks panic when evaluated (or not, with `fail = false`).
+    struct Boom {
+        w: Tensor,
+        fail: bool,
+    }
+
+    impl Control for Boom {
+        fn eval(&self, _t: f64, x: &Tensor, _score: Option<&Tensor>) -> Tensor {
+            assert!(!self.fail, "shard control fails");
+            x * &self.w
+        }
+        fn parameters(&self) -> Vec<Tensor> {
+            vec![self.w.shallow_clone()]
+        }
+        fn fork(&self) -> Option<Box<dyn Control + Send>> {
+            Some(Box::new(Boom {
+                w: self.w.detach().set_requires_grad(true),
+                fail: self.fail,
+            }))
+        }
+    }
+
+    fn trainer<'a>(m: &'a Method, t: &'a ScaledGauss, u: &'a Boom, loss: LossKind) -> Trainer<'a> {
+        let s = TrainSettings {
+            batch: 16,
+            batch_shards: 2,
+            replay_rows: 4, // LV takes the direct path
+            ..TrainSettings::default()
+        };
+        Trainer::new(m, t, Controls::new(u), loss, s, Device::Cpu, None)
+    }
+
+    /// A panic in a shard thread reaches the caller (no hang), for the graph and the direct
+    /// path; with working forks the same trainer shards and trains.
+    #[test]
+    fn shard_panics_propagate() {
+        let _rng = rng_lock();
+        let m = Method::pis(4).unwrap();
+        let t = ScaledGauss {
+            dim: 2,
+            mean: 0.0,
+            std: 1.0,
+            log_z: 0.0,
+        };
+        let w = Tensor::from(0.1f32).set_requires_grad(true);
+        for loss in [LossKind::Kl, LossKind::Lv] {
+            let bad = Boom {
+                w: w.shallow_clone(),
+                fail: true,
+            };
+            let mut tr = trainer(&m, &t, &bad, loss);
+            assert_eq!(tr.shards(), 2);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tr.batch_loss()));
+            let msg = r.expect_err("the shard's panic is re-raised");
+            assert_eq!(msg.downcast_ref::<&str>(), Some(&"shard control fails"));
+            let good = Boom {
+                w: w.shallow_clone(),
+                fail: false,
+            };
+            let mut tr = trainer(&m, &t, &good, loss);
+            let stats = tr.step(&mut ());
+            assert!(
+                stats.loss.is_finite() && !stats.skipped,
+                "{loss:?}: {stats:?}"
+            );
         }
     }
 }

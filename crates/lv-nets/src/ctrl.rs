@@ -15,7 +15,7 @@ use std::cell::Cell;
 use tch::{nn, Device, Kind, Tensor};
 
 /// The diffusion coefficient σ(t) of the SDE, at raw generative time t.
-pub type SigmaFn = Box<dyn Fn(f64) -> f64 + Send + Sync>;
+pub type SigmaFn = std::sync::Arc<dyn Fn(f64) -> f64 + Send + Sync>;
 
 /// Settings shared by the control parametrisations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ fn clip(x: &Tensor, c: f64) -> Tensor {
 }
 
 /// The elementwise clip values c_m and c_s, with a shared multiplicative factor.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Clips {
     model: f64,
     score: f64,
@@ -191,6 +191,12 @@ impl Control for ClippedCtrl {
         self.net.clear_times()
     }
     net_tape!();
+    fn fork(&self) -> Option<Box<dyn Control + Send>> {
+        Some(Box::new(Self {
+            net: self.net.fork(),
+            clips: self.clips.clone(),
+        }))
+    }
 }
 
 /// Langevin-preconditioned control of PIS and DDS:
@@ -264,6 +270,13 @@ impl Control for ScoreCtrl {
         self.scale.clear_times();
     }
     net_tape!();
+    fn fork(&self) -> Option<Box<dyn Control + Send>> {
+        Some(Box::new(Self {
+            net: self.net.fork(),
+            scale: self.scale.fork(),
+            clips: self.clips.clone(),
+        }))
+    }
 }
 
 /// Which score terms a Lerp control interpolates.
@@ -293,6 +306,21 @@ pub struct LerpCtrl {
     horizon: f64,
     prior_var: f64,
     terms: LerpTerms,
+}
+
+impl LerpCtrl {
+    /// A copy for another thread (see [`lv_core::Control::fork`]).
+    fn forked(&self) -> Self {
+        Self {
+            net: self.net.fork(),
+            scale: self.scale.fork(),
+            clips: self.clips.clone(),
+            sigma: self.sigma.clone(),
+            horizon: self.horizon,
+            prior_var: self.prior_var,
+            terms: self.terms,
+        }
+    }
 }
 
 impl std::fmt::Debug for LerpCtrl {
@@ -435,6 +463,9 @@ impl Control for LerpCtrl {
         self.scale.clear_times();
     }
     net_tape!();
+    fn fork(&self) -> Option<Box<dyn Control + Send>> {
+        Some(Box::new(self.forked()))
+    }
 }
 
 /// The Bridge's forward control u: [`LerpCtrl`] with only the target term,
@@ -520,6 +551,9 @@ macro_rules! delegate_control {
             }
             fn drop_tape(&self) {
                 self.0.drop_tape()
+            }
+            fn fork(&self) -> Option<Box<dyn Control + Send>> {
+                Some(Box::new(Self(self.0.forked())))
             }
         }
     };
@@ -641,7 +675,7 @@ mod tests {
 
     fn vp_sigma() -> SigmaFn {
         // vp_10: σ(t) = sqrt(β(T − t)), β(s) = 0.1 + 9.9 s / T, T = 1.
-        Box::new(|t: f64| (0.1 + 9.9 * (1.0 - t)).sqrt())
+        std::sync::Arc::new(|t: f64| (0.1 + 9.9 * (1.0 - t)).sqrt())
     }
 
     fn loop_eval(c: &dyn Control, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
@@ -806,7 +840,7 @@ mod tests {
         let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
-        let sigma = || -> SigmaFn { Box::new(|_t: f64| 1.0) };
+        let sigma = || -> SigmaFn { std::sync::Arc::new(|_t: f64| 1.0) };
         let cfg = CtrlConfig::default();
         let u = LerpTargetCtrl::new(&(vs.root() / "u"), 2, &cfg, sigma(), 1.0);
         let v = LerpPriorCtrl::new(&(vs.root() / "v"), 2, &cfg, sigma(), 1.0, 1.0);

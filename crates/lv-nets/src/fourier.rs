@@ -168,6 +168,29 @@ impl FourierEmbedding {
     pub fn parameters(&self) -> Vec<Tensor> {
         vec![self.phases.shallow_clone()]
     }
+
+    /// A copy whose phases are a fresh leaf over the same storage ([`fork_tensor`]).
+    pub fn fork(&self) -> Self {
+        Self {
+            freqs: self.freqs.shallow_clone(),
+            phases: fork_tensor(&self.phases),
+        }
+    }
+}
+
+/// A parameter for another thread ([`lv_core::Control::fork`]): a fresh autograd leaf over
+/// the same storage (values always equal; gradients accumulate separately), trainable iff
+/// `t` is.
+pub(crate) fn fork_tensor(t: &Tensor) -> Tensor {
+    t.detach().set_requires_grad(t.requires_grad())
+}
+
+/// [`fork_tensor`] of a linear layer's weight and bias.
+pub(crate) fn fork_linear(l: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: fork_tensor(&l.ws),
+        bs: l.bs.as_ref().map(fork_tensor),
+    }
 }
 
 /// Values of a time-only branch at prepared times: `[K, C]` rows looked up by exact time.
@@ -205,8 +228,8 @@ pub struct FourierMlp {
     cache: TimeCache,
     /// Native trunk recording in tape mode ([`FourierMlp::start_tape`]).
     tape: std::sync::Mutex<Option<TrunkTape>>,
-    /// Step buffers of finished tapes, reused by the next one.
-    pool: std::sync::Mutex<Vec<Vec<f32>>>,
+    /// Step buffers of finished tapes, reused by the next one (shared with forks).
+    pool: std::sync::Arc<std::sync::Mutex<Vec<Vec<f32>>>>,
     emb: FourierEmbedding,
     time1: nn::Linear,
     time2: nn::Linear,
@@ -243,6 +266,25 @@ impl FourierMlp {
             out,
             dim,
             out_dim,
+        }
+    }
+
+    /// A copy for another thread with parameters forked by [`fork_tensor`] (same values,
+    /// separate gradients, same [`FourierMlp::parameters`] order) and its own time cache
+    /// and tape.
+    pub fn fork(&self) -> Self {
+        Self {
+            cache: TimeCache::default(),
+            tape: Default::default(),
+            pool: self.pool.clone(),
+            emb: self.emb.fork(),
+            time1: fork_linear(&self.time1),
+            time2: fork_linear(&self.time2),
+            input: fork_linear(&self.input),
+            hidden: self.hidden.iter().map(fork_linear).collect(),
+            out: fork_linear(&self.out),
+            dim: self.dim,
+            out_dim: self.out_dim,
         }
     }
 
@@ -401,7 +443,9 @@ impl FourierMlp {
             tape.set_embeddings(ts, e);
         }
         let k = tape.time_index(t)?;
-        Some(tape.forward(k, x, &mut lock(&self.pool)))
+        // Take one buffer and release the pool (shared with forks on other threads).
+        let buf = lock(&self.pool).pop().unwrap_or_default();
+        Some(tape.forward(k, x, buf))
     }
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are
@@ -483,6 +527,17 @@ impl TimeNet {
     /// Output dimension (1 or d).
     pub fn out_dim(&self) -> i64 {
         self.out_dim
+    }
+
+    /// A copy for another thread (see [`FourierMlp::fork`]).
+    pub fn fork(&self) -> Self {
+        Self {
+            cache: TimeCache::default(),
+            emb: self.emb.fork(),
+            layers: self.layers.iter().map(fork_linear).collect(),
+            out: fork_linear(&self.out),
+            out_dim: self.out_dim,
+        }
     }
 
     /// s at times `t: [K]`: `[K, out]`.

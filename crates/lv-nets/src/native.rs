@@ -356,13 +356,12 @@ impl TrunkTape {
     }
 
     /// NN(t_k, x) for `x: [n, d]` (CPU float32, no grad) as a leaf that requires grad;
-    /// records what the backward needs. `pool` supplies reusable buffers.
-    pub fn forward(&mut self, k: usize, x: &Tensor, pool: &mut Vec<Vec<f32>>) -> Tensor {
+    /// records what the backward needs in `buf` (a reused buffer, resized here).
+    pub fn forward(&mut self, k: usize, x: &Tensor, mut buf: Vec<f32>) -> Tensor {
         let c = self.width;
         let n = x.size()[0] as usize;
         let nl = self.layers.len() - 1; // GELU layers
         let x = x.detach().contiguous();
-        let mut buf = pool.pop().unwrap_or_default();
         buf.resize(2 * nl * n * c, 0.0);
         let (acts, gs) = buf.split_at_mut(nl * n * c);
         let (_, emb) = self

@@ -1,5 +1,7 @@
-//! Tape mode (native trunk forward/backward, `Control::start_tape`) gives the gradients of
-//! plain autograd: for the FourierMLP alone and for whole direct-LV trainer batches.
+//! The trainer's gradient paths agree: tape mode (native trunk forward/backward,
+//! `Control::start_tape`) gives the gradients of plain autograd, for the FourierMLP alone and
+//! for whole direct-LV trainer batches; batch shards (`train.batch_shards`, forked controls
+//! on threads) give the gradients of one batch, deterministically.
 
 use lv_core::loss::LossKind;
 use lv_core::method::Method;
@@ -150,7 +152,7 @@ fn direct_lv_with_native_trunk_matches_autograd() {
                     &vs.root(),
                     3,
                     &cfg,
-                    Box::new(move |t| sde.sigma(t)),
+                    std::sync::Arc::new(move |t| sde.sigma(t)),
                     1.0,
                     1.0,
                 ))
@@ -201,4 +203,158 @@ fn direct_lv_with_native_trunk_matches_autograd() {
             }
         }
     }
+}
+
+/// Two and three batch shards give the gradients (and loss) of the unsharded batch, for the
+/// direct LV path (native trunk and autograd), LV per initial point and the KL graph path,
+/// with PIS and DIS; repeated sharded batches are bitwise equal; the parent control's
+/// gradients come only from the sum over the forks (a fork leaking into them would double
+/// them).
+#[test]
+fn batch_shards_match_one_batch() {
+    let _rng = rng_lock();
+    // n·d = 64·4 is a multiple of 16, so the sharded path's one noise draw equals the
+    // per-step draws of the unsharded one.
+    let target = ScaledGauss {
+        dim: 4,
+        mean: 0.5,
+        std: 1.2,
+        log_z: 0.3,
+    };
+    for pis in [false, true] {
+        let meth = if pis {
+            Method::pis(20).unwrap()
+        } else {
+            Method::dis(20).unwrap()
+        };
+        tch::manual_seed(5);
+        let vs = VarStore::new(Device::Cpu);
+        let cfg = CtrlConfig::default();
+        let ctrl: Box<dyn Control> = if pis {
+            Box::new(ScoreCtrl::new(&vs.root(), 4, &cfg))
+        } else {
+            let sde = meth.sde;
+            Box::new(LerpCtrl::new(
+                &vs.root(),
+                4,
+                &cfg,
+                std::sync::Arc::new(move |t| sde.sigma(t)),
+                1.0,
+                1.0,
+            ))
+        };
+        randomize(&vs);
+        let params = ctrl.parameters();
+        let cases = [
+            (LossKind::Lv, true, GradPath::Direct { native: true }),
+            (LossKind::Lv, false, GradPath::Direct { native: false }),
+            (
+                LossKind::LvTraj { k: 4 },
+                true,
+                GradPath::Direct { native: true },
+            ),
+            (LossKind::Kl, true, GradPath::Graph),
+        ];
+        for (loss, native, path) in cases {
+            let run = |shards: usize| -> (f64, Vec<Tensor>) {
+                let s = TrainSettings {
+                    batch: 64,
+                    replay_rows: 4, // the direct path without the native trunk too
+                    native_trunk: native,
+                    batch_shards: shards,
+                    ..TrainSettings::default()
+                };
+                let mut tr = Trainer::new(
+                    &meth,
+                    &target,
+                    Controls::new(ctrl.as_ref()),
+                    loss,
+                    s,
+                    Device::Cpu,
+                    None,
+                );
+                assert_eq!(tr.grad_path(), path);
+                assert_eq!(tr.shards(), shards);
+                tr.adam.zero_grad();
+                tch::manual_seed(11);
+                let (l, _, done) = tr.batch_loss();
+                if !done {
+                    l.backward();
+                }
+                (l.double_value(&[]), grads(&params))
+            };
+            let what = format!(
+                "{} {loss:?} native {native}",
+                if pis { "PIS" } else { "DIS" }
+            );
+            let (l1, g1) = run(1);
+            for shards in [2, 3] {
+                let (ls, gs) = run(shards);
+                assert!(
+                    (l1 - ls).abs() <= 1e-5 * (1.0 + l1.abs()),
+                    "{what}: loss {l1} vs {ls} with {shards} shards"
+                );
+                assert_grads_close(&g1, &gs, 5e-5, &format!("{what}, {shards} shards"));
+            }
+            let (la, ga) = run(2);
+            let (lb, gb) = run(2);
+            assert_eq!(la, lb, "{what}: sharded loss not reproducible");
+            for (a, b) in ga.iter().zip(&gb) {
+                assert!(
+                    a.equal(b),
+                    "{what}: sharded gradients not bitwise reproducible"
+                );
+            }
+        }
+    }
+}
+
+/// A fork evaluates exactly like its control, and gradients of its evaluations stay in its
+/// own parameters.
+#[test]
+fn forks_share_values_not_gradients() {
+    let _rng = rng_lock();
+    tch::manual_seed(2);
+    let vs = VarStore::new(Device::Cpu);
+    let meth = Method::dis(10).unwrap();
+    let sde = meth.sde;
+    let ctrl = LerpCtrl::new(
+        &vs.root(),
+        3,
+        &CtrlConfig::default(),
+        std::sync::Arc::new(move |t| sde.sigma(t)),
+        1.0,
+        1.0,
+    );
+    // Default initialisation (randomised weights would saturate the clamps on 5 rows).
+    let fork = ctrl.fork().expect("LerpCtrl forks");
+    let (pp, fp) = (ctrl.parameters(), fork.parameters());
+    assert_eq!(pp.len(), fp.len());
+    for (a, b) in pp.iter().zip(&fp) {
+        assert!(
+            a.equal(b) && a.data_ptr() == b.data_ptr(),
+            "fork does not share storage"
+        );
+    }
+    let x = Tensor::randn([5, 3], CPU);
+    let s = Tensor::randn([5, 3], CPU);
+    let (y0, y1) = (ctrl.eval(0.3, &x, Some(&s)), fork.eval(0.3, &x, Some(&s)));
+    assert!(y0.equal(&y1));
+    zero_grads(&pp);
+    (y1 * 2.0).sum(Kind::Float).backward();
+    assert!(fp
+        .iter()
+        .any(|p| p.grad().defined() && p.grad().abs().max().double_value(&[]) > 0.0));
+    assert!(pp
+        .iter()
+        .all(|p| !p.grad().defined() || p.grad().abs().max().double_value(&[]) == 0.0));
+    // The parent's later updates are seen by the fork (shared storage).
+    tch::no_grad(|| {
+        for p in &pp {
+            let _ = p.shallow_clone().g_add_scalar_(0.01);
+        }
+    });
+    assert!(ctrl
+        .eval(0.3, &x, Some(&s))
+        .equal(&fork.eval(0.3, &x, Some(&s))));
 }
