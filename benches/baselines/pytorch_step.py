@@ -15,7 +15,7 @@ Euler–Maruyama loop in Python with one network call per time step,
 * Adam (lr 5e-3, coupled weight decay 1e-7), gradient-norm clipping at 1.0.
 
 Usage: pytorch_step.py --method pis --loss lv --target gmm9 --batch 2048 --steps-grid 200
-       --iters 10 --warmup 2 --threads 1 [--json]
+       --iters 10 --warmup 2 --threads 1 [--device cpu|cuda] [--json]
 
 Prints steps/s, or with --json one line
 {"config": "pis-lv-gmm9-b2048-n200", "loss": "lv", "threads": 1, "steps_per_s": ...}.
@@ -317,10 +317,17 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="0 = torch's default")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the first GPU)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.device not in ("cpu", "cuda"):
+        ap.error(f"--device must be cpu or cuda, got {a.device!r}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    # Every tensor and parameter below is created on this device.
+    torch.set_default_device(a.device)
     torch.manual_seed(a.seed)
     tname = a.target or ("gmm9" if a.method == "pis" else "funnel10")
     target = TARGETS[tname]()
@@ -335,11 +342,15 @@ def main():
     lv = a.loss == "lv"
     for _ in range(a.warmup):
         step(method, target, ctrl, opt, params, a.batch, a.steps_grid, lv)
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    sync()
     c0 = time.process_time()
     t0 = time.perf_counter()
     last = float("nan")
     for _ in range(a.iters):
+        # loss.item() in `step` already waits for the device, as ours reads one value per step.
         last = step(method, target, ctrl, opt, params, a.batch, a.steps_grid, lv)
+    sync()
     secs = time.perf_counter() - t0
     cpu = time.process_time() - c0
     sps = a.iters / secs
@@ -351,6 +362,7 @@ def main():
                     "config": label,
                     "loss": a.loss,
                     "threads": a.threads,
+                    "device": a.device,
                     "steps_per_s": sps,
                     "seconds": secs,
                     "cpu_seconds": cpu,

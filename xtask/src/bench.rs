@@ -42,6 +42,13 @@ pub struct BenchArgs {
     /// rows; 0 = off.
     #[arg(long, default_value_t = 0)]
     pub replay_chunk: usize,
+    /// Device of both sides: cpu or cuda (`lv --device`, the baseline's `--device`).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// With more than one thread, also measure ours with `--shards 1` (one batch on all
+    /// libtorch threads instead of one batch shard per thread).
+    #[arg(long)]
+    pub unsharded_too: bool,
     /// Output file (default target/lv-bench/compare.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -145,11 +152,21 @@ fn json_number(line: &str, key: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-/// Steps per wall-clock second and per CPU-second of the process.
-#[derive(Clone, Copy)]
+/// Extracts the string after `"key":` from a one-line JSON object (no escapes inside).
+fn json_string(line: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let start = line.find(&pat)? + pat.len();
+    let rest = line[start..].trim_start().strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// Steps per wall-clock second and per CPU-second of the process, and the gradient path
+/// `lv bench-step` reported (ours only).
+#[derive(Clone)]
 struct Speed {
     wall: f64,
     cpu: Option<f64>,
+    path: Option<String>,
 }
 
 /// Runs a command and returns `steps_per_s` and `cpu_steps_per_s` of the last JSON line it
@@ -172,6 +189,7 @@ fn steps_per_s(cmd: &mut Command, what: &str) -> Result<Speed> {
             json_number(l, "steps_per_s").map(|wall| Speed {
                 wall,
                 cpu: json_number(l, "cpu_steps_per_s"),
+                path: json_string(l, "lv_path"),
             })
         })
         .with_context(|| format!("{what} printed no steps_per_s:\n{stdout}"))
@@ -179,30 +197,48 @@ fn steps_per_s(cmd: &mut Command, what: &str) -> Result<Speed> {
 
 /// Runs the `lv` binary built by [`run`] (not `cargo run` per configuration: files edited
 /// while the benchmark runs must not rebuild it halfway through the table).
-fn ours(root: &Path, lv: &Path, cfg: &Config, threads: usize, extra: &[String]) -> Result<Speed> {
+fn ours(root: &Path, lv: &Path, run: &Run, cfg: &Config, extra: &[String]) -> Result<Speed> {
     let mut cmd = Command::new(lv);
-    cmd.current_dir(root)
-        .args(["--threads", &threads.to_string(), "bench-step"]);
+    cmd.current_dir(root).args([
+        "--threads",
+        &run.threads.to_string(),
+        "--device",
+        run.device,
+        "bench-step",
+    ]);
     cmd.args(cfg.args()).args(extra);
     steps_per_s(&mut cmd, &format!("lv bench-step {}", cfg.label()))
 }
 
-fn baseline(root: &Path, python: &Path, cfg: &Config, threads: usize) -> Result<Speed> {
+fn baseline(root: &Path, python: &Path, run: &Run, cfg: &Config) -> Result<Speed> {
     let mut cmd = Command::new(python);
     cmd.current_dir(root)
         .arg(root.join("benches/baselines/pytorch_step.py"))
         .args(cfg.args())
-        .args(["--threads", &threads.to_string()]);
+        .args([
+            "--threads",
+            &run.threads.to_string(),
+            "--device",
+            run.device,
+        ]);
     steps_per_s(&mut cmd, &format!("pytorch_step.py {}", cfg.label()))
+}
+
+/// Thread count and device of one pass over the configurations.
+struct Run<'a> {
+    threads: usize,
+    device: &'a str,
 }
 
 struct Row {
     config: String,
+    device: String,
     loss: &'static str,
     threads: usize,
     ours: Speed,
     ours_no_replay: Option<f64>,
     ours_chunked: Option<f64>,
+    ours_unsharded: Option<f64>,
     baseline: Option<Speed>,
 }
 
@@ -213,11 +249,11 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
 impl Row {
     /// Wall-clock ratio ours / baseline.
     fn ratio(&self) -> Option<f64> {
-        self.baseline.map(|b| self.ours.wall / b.wall)
+        self.baseline.as_ref().map(|b| self.ours.wall / b.wall)
     }
     /// CPU-time ratio ours / baseline (steps per CPU-second).
     fn cpu_ratio(&self) -> Option<f64> {
-        let b = self.baseline?.cpu?;
+        let b = self.baseline.as_ref()?.cpu?;
         Some(self.ours.cpu? / b)
     }
 }
@@ -228,19 +264,27 @@ fn to_json(rows: &[Row]) -> String {
     for (i, r) in rows.iter().enumerate() {
         let _ = write!(
             s,
-            "  {{\"config\": \"{}\", \"loss\": \"{}\", \"threads\": {}, \"ours_steps_per_s\": {}, \
+            "  {{\"config\": \"{}\", \"loss\": \"{}\", \"threads\": {}, \"device\": \"{}\", \
+             \"ours_steps_per_s\": {}, \
              \"baseline_steps_per_s\": {}, \"ratio\": {}, \"ours_cpu_steps_per_s\": {}, \
              \"baseline_cpu_steps_per_s\": {}, \"cpu_ratio\": {}",
             r.config,
             r.loss,
             r.threads,
+            r.device,
             num(Some(r.ours.wall)),
-            num(r.baseline.map(|b| b.wall)),
+            num(r.baseline.as_ref().map(|b| b.wall)),
             num(r.ratio()),
             num(r.ours.cpu),
-            num(r.baseline.and_then(|b| b.cpu)),
+            num(r.baseline.as_ref().and_then(|b| b.cpu)),
             num(r.cpu_ratio()),
         );
+        if let Some(p) = &r.ours.path {
+            let _ = write!(s, ", \"ours_path\": \"{p}\"");
+        }
+        if let Some(un) = r.ours_unsharded {
+            let _ = write!(s, ", \"ours_unsharded_steps_per_s\": {}", num(Some(un)));
+        }
         if let Some(nr) = r.ours_no_replay {
             let _ = write!(s, ", \"ours_no_replay_steps_per_s\": {}", num(Some(nr)));
         }
@@ -301,43 +345,63 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         .filter(|c| args.filter.as_ref().is_none_or(|f| c.label().contains(f)))
         .collect();
     for &threads in &args.threads {
+        let run = Run {
+            threads,
+            device: &args.device,
+        };
         for cfg in &selected {
-            let o = ours(root, &lv, cfg, threads, &[])?;
+            let o = ours(root, &lv, &run, cfg, &[])?;
             let lv_row = cfg.loss == "lv";
             let nr = if args.no_replay_too && lv_row {
-                Some(ours(root, &lv, cfg, threads, &["--no-replay".into()])?)
+                Some(ours(root, &lv, &run, cfg, &["--no-replay".into()])?)
             } else {
                 None
             };
             let ch = if args.replay_chunk > 0 && lv_row {
                 let a = ["--replay-rows".into(), args.replay_chunk.to_string()];
-                Some(ours(root, &lv, cfg, threads, &a)?)
+                Some(ours(root, &lv, &run, cfg, &a)?)
+            } else {
+                None
+            };
+            let un = if args.unsharded_too && threads != 1 {
+                Some(ours(
+                    root,
+                    &lv,
+                    &run,
+                    cfg,
+                    &["--shards".into(), "1".into()],
+                )?)
             } else {
                 None
             };
             let b = if args.compare {
-                Some(baseline(root, &python, cfg, threads)?)
+                Some(baseline(root, &python, &run, cfg)?)
             } else {
                 None
             };
             let row = Row {
                 config: cfg.label(),
+                device: args.device.clone(),
                 loss: cfg.loss,
                 threads,
                 ours: o,
                 ours_no_replay: nr.map(|x| x.wall),
                 ours_chunked: ch.map(|x| x.wall),
+                ours_unsharded: un.map(|x| x.wall),
                 baseline: b,
             };
             eprintln!(
-                "{:<28} threads {threads}: ours {:.3} steps/s{}{}{}",
+                "{:<28} threads {threads}: ours {:.3} steps/s ({}){}{}{}{}",
                 row.config,
-                o.wall,
+                row.ours.wall,
+                row.ours.path.as_deref().unwrap_or("?"),
                 row.ours_no_replay
                     .map_or(String::new(), |x| format!(" (no replay {x:.3})")),
                 row.ours_chunked
                     .map_or(String::new(), |x| format!(" (chunked replay {x:.3})")),
-                b.map_or(String::new(), |x| format!(
+                row.ours_unsharded
+                    .map_or(String::new(), |x| format!(" (unsharded {x:.3})")),
+                row.baseline.as_ref().map_or(String::new(), |x| format!(
                     ", baseline {:.3}, ratio {}, cpu ratio {}",
                     x.wall,
                     fmt_opt(row.ratio(), 2),
@@ -350,18 +414,27 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         }
     }
     println!(
-        "\n{:<28} {:>7} {:>11} {:>10} {:>10} {:>11} {:>6} {:>9}",
-        "config", "threads", "ours st/s", "no-replay", "chunked", "baseline", "ratio", "cpu ratio"
+        "\n{:<28} {:>7} {:>11} {:>10} {:>10} {:>10} {:>11} {:>6} {:>9}",
+        "config",
+        "threads",
+        "ours st/s",
+        "no-replay",
+        "chunked",
+        "unsharded",
+        "baseline",
+        "ratio",
+        "cpu ratio"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>7} {:>11.3} {:>10} {:>10} {:>11} {:>6} {:>9}",
+            "{:<28} {:>7} {:>11.3} {:>10} {:>10} {:>10} {:>11} {:>6} {:>9}",
             r.config,
             r.threads,
             r.ours.wall,
             fmt_opt(r.ours_no_replay, 3),
             fmt_opt(r.ours_chunked, 3),
-            fmt_opt(r.baseline.map(|b| b.wall), 3),
+            fmt_opt(r.ours_unsharded, 3),
+            fmt_opt(r.baseline.as_ref().map(|b| b.wall), 3),
             fmt_opt(r.ratio(), 2),
             fmt_opt(r.cpu_ratio(), 2),
         );
@@ -380,6 +453,8 @@ mod tests {
         assert_eq!(json_number(l, "steps_per_s"), Some(1.25));
         assert_eq!(json_number(l, "threads"), Some(1.0));
         assert_eq!(json_number(l, "nope"), None);
+        assert_eq!(json_string(l, "config").as_deref(), Some("x"));
+        assert_eq!(json_string(l, "threads"), None);
     }
 
     #[test]
