@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// libtorch threads instead of one batch shard per thread).
     #[arg(long)]
     pub unsharded_too: bool,
+    /// Measure every row this many times, alternating ours and the baseline, and report
+    /// medians (the ratio: the median of the per-round ratios). The VM's speed drifts by
+    /// tens of percent within minutes; paired rounds keep that out of the ratio.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Output file (default target/lv-bench/compare.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -230,6 +235,34 @@ struct Run<'a> {
     device: &'a str,
 }
 
+/// Every round's measurements of one row.
+#[derive(Default)]
+struct Measured {
+    ours: Vec<Speed>,
+    no_replay: Vec<f64>,
+    chunked: Vec<f64>,
+    unsharded: Vec<f64>,
+    baseline: Vec<Speed>,
+}
+
+/// Median (mean of the middle two for an even count); `None` when empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| 0.5 * (v[(n - 1) / 2] + v[n / 2]))
+}
+
+/// Medians of wall and CPU steps/s; the path of the first round.
+fn median_speed(v: &[Speed]) -> Speed {
+    let cpu: Vec<f64> = v.iter().filter_map(|s| s.cpu).collect();
+    Speed {
+        wall: median(&v.iter().map(|s| s.wall).collect::<Vec<_>>()).unwrap_or(f64::NAN),
+        cpu: median(&cpu),
+        path: v.first().and_then(|s| s.path.clone()),
+    }
+}
+
 struct Row {
     config: String,
     device: String,
@@ -240,6 +273,10 @@ struct Row {
     ours_chunked: Option<f64>,
     ours_unsharded: Option<f64>,
     baseline: Option<Speed>,
+    /// Per round (more than one with `--rounds`): ours / baseline, ours, baseline steps/s.
+    ratio_rounds: Vec<f64>,
+    ours_rounds: Vec<f64>,
+    baseline_rounds: Vec<f64>,
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -247,9 +284,9 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
 }
 
 impl Row {
-    /// Wall-clock ratio ours / baseline.
+    /// Wall-clock ratio ours / baseline: the median of the per-round ratios.
     fn ratio(&self) -> Option<f64> {
-        self.baseline.as_ref().map(|b| self.ours.wall / b.wall)
+        median(&self.ratio_rounds)
     }
     /// CPU-time ratio ours / baseline (steps per CPU-second).
     fn cpu_ratio(&self) -> Option<f64> {
@@ -281,6 +318,23 @@ fn to_json(rows: &[Row]) -> String {
         );
         if let Some(p) = &r.ours.path {
             let _ = write!(s, ", \"ours_path\": \"{p}\"");
+        }
+        if r.ratio_rounds.len() > 1 {
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = write!(
+                s,
+                ", \"rounds\": {}, \"ratio_rounds\": [{}], \"ours_rounds\": [{}], \
+                 \"baseline_rounds\": [{}]",
+                r.ratio_rounds.len(),
+                list(&r.ratio_rounds),
+                list(&r.ours_rounds),
+                list(&r.baseline_rounds)
+            );
         }
         if let Some(un) = r.ours_unsharded {
             let _ = write!(s, ", \"ours_unsharded_steps_per_s\": {}", num(Some(un)));
@@ -350,45 +404,44 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             device: &args.device,
         };
         for cfg in &selected {
-            let o = ours(root, &lv, &run, cfg, &[])?;
             let lv_row = cfg.loss == "lv";
-            let nr = if args.no_replay_too && lv_row {
-                Some(ours(root, &lv, &run, cfg, &["--no-replay".into()])?)
-            } else {
-                None
-            };
-            let ch = if args.replay_chunk > 0 && lv_row {
-                let a = ["--replay-rows".into(), args.replay_chunk.to_string()];
-                Some(ours(root, &lv, &run, cfg, &a)?)
-            } else {
-                None
-            };
-            let un = if args.unsharded_too && threads != 1 {
-                Some(ours(
-                    root,
-                    &lv,
-                    &run,
-                    cfg,
-                    &["--shards".into(), "1".into()],
-                )?)
-            } else {
-                None
-            };
-            let b = if args.compare {
-                Some(baseline(root, &python, &run, cfg)?)
-            } else {
-                None
-            };
+            let mut m = Measured::default();
+            for _ in 0..args.rounds.max(1) {
+                m.ours.push(ours(root, &lv, &run, cfg, &[])?);
+                if args.no_replay_too && lv_row {
+                    let a = ["--no-replay".into()];
+                    m.no_replay.push(ours(root, &lv, &run, cfg, &a)?.wall);
+                }
+                if args.replay_chunk > 0 && lv_row {
+                    let a = ["--replay-rows".into(), args.replay_chunk.to_string()];
+                    m.chunked.push(ours(root, &lv, &run, cfg, &a)?.wall);
+                }
+                if args.unsharded_too && threads != 1 {
+                    let a = ["--shards".into(), "1".into()];
+                    m.unsharded.push(ours(root, &lv, &run, cfg, &a)?.wall);
+                }
+                if args.compare {
+                    m.baseline.push(baseline(root, &python, &run, cfg)?);
+                }
+            }
             let row = Row {
                 config: cfg.label(),
                 device: args.device.clone(),
                 loss: cfg.loss,
                 threads,
-                ours: o,
-                ours_no_replay: nr.map(|x| x.wall),
-                ours_chunked: ch.map(|x| x.wall),
-                ours_unsharded: un.map(|x| x.wall),
-                baseline: b,
+                ours: median_speed(&m.ours),
+                ours_no_replay: median(&m.no_replay),
+                ours_chunked: median(&m.chunked),
+                ours_unsharded: median(&m.unsharded),
+                baseline: (!m.baseline.is_empty()).then(|| median_speed(&m.baseline)),
+                ratio_rounds: m
+                    .ours
+                    .iter()
+                    .zip(&m.baseline)
+                    .map(|(o, b)| o.wall / b.wall)
+                    .collect(),
+                ours_rounds: m.ours.iter().map(|o| o.wall).collect(),
+                baseline_rounds: m.baseline.iter().map(|b| b.wall).collect(),
             };
             eprintln!(
                 "{:<28} threads {threads}: ours {:.3} steps/s ({}){}{}{}{}",
@@ -455,6 +508,9 @@ mod tests {
         assert_eq!(json_number(l, "nope"), None);
         assert_eq!(json_string(l, "config").as_deref(), Some("x"));
         assert_eq!(json_string(l, "threads"), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
     }
 
     #[test]
