@@ -8,7 +8,7 @@
 //! `eval_many` is overridden everywhere: the time embeddings and s(t) are computed once per
 //! time and repeated over the rows of each block, so one trunk call serves all times.
 
-use crate::fourier::{grad_mode_enabled, times_tensor, FourierMlp, MlpConfig, TimeNet};
+use crate::fourier::{grad_mode_enabled, times_tensor, FourierMlp, MlpConfig, TimeCache, TimeNet};
 use lv_core::Control;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -172,7 +172,7 @@ impl ClippedCtrl {
 
 impl Control for ClippedCtrl {
     fn eval(&self, t: f64, x: &Tensor, _score: Option<&Tensor>) -> Tensor {
-        clip(&self.net.forward_t(t, x), self.clips.m())
+        self.net.forward_t_clipped(t, x, self.clips.m())
     }
     fn eval_many(&self, ts: &[f64], x: &Tensor, _score: Option<&Tensor>) -> Tensor {
         let n = rows_per_time(ts, x);
@@ -207,6 +207,8 @@ pub struct ScoreCtrl {
     net: FourierMlp,
     scale: TimeNet,
     clips: Clips,
+    /// clip_m(s(t_k)) `[K, out]` at the prepared times (with its graph).
+    head: TimeCache,
 }
 
 impl ScoreCtrl {
@@ -217,6 +219,7 @@ impl ScoreCtrl {
             net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp),
             scale: TimeNet::new(&(p / "scale"), cfg.scale_dim(dim), init, &cfg.mlp),
             clips: Clips::new(cfg),
+            head: TimeCache::default(),
         }
     }
 
@@ -230,6 +233,13 @@ impl ScoreCtrl {
         &self.scale
     }
 
+    /// clip_m(s(t)) `[1, out]`: from the prepared times, or computed.
+    fn clipped_scale(&self, t: f64) -> Tensor {
+        self.head
+            .lookup(t)
+            .unwrap_or_else(|| clip(&self.scale.forward_t(t), self.clips.m()))
+    }
+
     fn combine(&self, nn_out: Tensor, score: &Tensor, s: Tensor) -> Tensor {
         let (cm, cs) = (self.clips.m(), self.clips.s());
         clip(&nn_out, cm) + clip(score, cs) * clip(&s, cm)
@@ -239,7 +249,8 @@ impl ScoreCtrl {
 impl Control for ScoreCtrl {
     fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
         let score = require_score(score, "ScoreCtrl");
-        self.combine(self.net.forward_t(t, x), score, self.scale.forward_t(t))
+        let (cm, cs) = (self.clips.m(), self.clips.s());
+        self.net.forward_t_clipped(t, x, cm) + clip(score, cs) * self.clipped_scale(t)
     }
     fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
         let score = require_score(score, "ScoreCtrl");
@@ -263,11 +274,12 @@ impl Control for ScoreCtrl {
     }
     fn prepare_times(&self, ts: &[f64]) {
         self.net.prepare_times(ts);
-        self.scale.prepare_times(ts);
+        let s = self.scale.forward(&times_tensor(ts, self.net.device()));
+        self.head.set(ts, clip(&s, self.clips.m()));
     }
     fn clear_times(&self) {
         self.net.clear_times();
-        self.scale.clear_times();
+        self.head.clear();
     }
     net_tape!();
     fn fork(&self) -> Option<Box<dyn Control + Send>> {
@@ -275,6 +287,7 @@ impl Control for ScoreCtrl {
             net: self.net.fork(),
             scale: self.scale.fork(),
             clips: self.clips.clone(),
+            head: TimeCache::default(),
         }))
     }
 }
@@ -306,6 +319,8 @@ pub struct LerpCtrl {
     horizon: f64,
     prior_var: f64,
     terms: LerpTerms,
+    /// clip_m(s(t_k))·σ(t_k) `[K, out]` at the prepared times (with its graph).
+    head: TimeCache,
 }
 
 impl LerpCtrl {
@@ -319,7 +334,15 @@ impl LerpCtrl {
             horizon: self.horizon,
             prior_var: self.prior_var,
             terms: self.terms,
+            head: TimeCache::default(),
         }
+    }
+
+    /// clip_m(s(t))·σ(t) `[1, out]`: from the prepared times, or computed.
+    fn scaled_sigma(&self, t: f64) -> Tensor {
+        self.head
+            .lookup(t)
+            .unwrap_or_else(|| clip(&self.scale.forward_t(t), self.clips.m()) * self.sigma(t))
     }
 }
 
@@ -375,6 +398,7 @@ impl LerpCtrl {
             horizon,
             prior_var: prior_std * prior_std,
             terms,
+            head: TimeCache::default(),
         }
     }
 
@@ -428,8 +452,7 @@ impl Control for LerpCtrl {
             LerpTerms::Prior => prior(),
         };
         let (cm, cs) = (self.clips.m(), self.clips.s());
-        clip(&self.net.forward_t(t, x), cm)
-            + clip(&lerp, cs) * clip(&self.scale.forward_t(t), cm) * self.sigma(t)
+        self.net.forward_t_clipped(t, x, cm) + clip(&lerp, cs) * self.scaled_sigma(t)
     }
     fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
         let n = rows_per_time(ts, x);
@@ -456,11 +479,15 @@ impl Control for LerpCtrl {
     }
     fn prepare_times(&self, ts: &[f64]) {
         self.net.prepare_times(ts);
-        self.scale.prepare_times(ts);
+        let dev = self.net.device();
+        let s = self.scale.forward(&times_tensor(ts, dev));
+        let sig: Vec<f64> = ts.iter().map(|&t| self.sigma(t)).collect();
+        let sig = times_tensor(&sig, dev).view([-1, 1]);
+        self.head.set(ts, clip(&s, self.clips.m()) * sig);
     }
     fn clear_times(&self) {
         self.net.clear_times();
-        self.scale.clear_times();
+        self.head.clear();
     }
     net_tape!();
     fn fork(&self) -> Option<Box<dyn Control + Send>> {

@@ -195,18 +195,18 @@ pub(crate) fn fork_linear(l: &nn::Linear) -> nn::Linear {
 
 /// Values of a time-only branch at prepared times: `[K, C]` rows looked up by exact time.
 #[derive(Debug, Default)]
-struct TimeCache(std::sync::Mutex<Option<(Vec<f64>, Tensor)>>);
+pub(crate) struct TimeCache(std::sync::Mutex<Option<(Vec<f64>, Tensor)>>);
 
 impl TimeCache {
-    fn set(&self, ts: &[f64], values: Tensor) {
+    pub(crate) fn set(&self, ts: &[f64], values: Tensor) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((ts.to_vec(), values));
     }
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
     /// Row `[1, C]` for time `t`, if prepared (a view: its gradient flows to the `[K, C]`
     /// values computed in `set`).
-    fn lookup(&self, t: f64) -> Option<Tensor> {
+    pub(crate) fn lookup(&self, t: f64) -> Option<Tensor> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (ts, v) = g.as_ref()?;
         let k = ts.iter().position(|&s| s == t)?;
@@ -339,6 +339,16 @@ impl FourierMlp {
         self.trunk(x, &e)
     }
 
+    /// clamp(NN(t, x), −c, c), the clipped output every control uses. In tape mode the clamp
+    /// is part of the native trunk (its gradient mask applied in the trunk's backward: one
+    /// autograd node fewer in each direction per step); otherwise a plain clamp.
+    pub fn forward_t_clipped(&self, t: f64, x: &Tensor, c: f64) -> Tensor {
+        if let Some(y) = self.taped_forward_clipped(t, x, Some(c as f32)) {
+            return y;
+        }
+        self.forward_t(t, x).clamp(-c, c)
+    }
+
     /// Computes the time embeddings e_t of all `ts` in one call (in the current autograd
     /// mode) for later [`FourierMlp::forward_t`] calls at those times.
     pub fn prepare_times(&self, ts: &[f64]) {
@@ -426,6 +436,10 @@ impl FourierMlp {
     }
 
     fn taped_forward(&self, t: f64, x: &Tensor) -> Option<Tensor> {
+        self.taped_forward_clipped(t, x, None)
+    }
+
+    fn taped_forward_clipped(&self, t: f64, x: &Tensor, clip: Option<f32>) -> Option<Tensor> {
         let mut guard = lock(&self.tape);
         let tape = guard.as_mut()?;
         if x.device() != Device::Cpu
@@ -445,7 +459,7 @@ impl FourierMlp {
         let k = tape.time_index(t)?;
         // Take one buffer and release the pool (shared with forks on other threads).
         let buf = lock(&self.pool).pop().unwrap_or_default();
-        Some(tape.forward(k, x, buf))
+        Some(tape.forward(k, x, buf, clip))
     }
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are

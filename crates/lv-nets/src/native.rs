@@ -279,6 +279,19 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> Tensor {
     blob(data.as_mut_ptr(), data.len(), rows, cols)
 }
 
+/// The elements of a contiguous CPU float32 tensor, writable in place.
+#[allow(clippy::mut_from_ref)]
+fn host_mut_contig(t: &Tensor) -> &mut [f32] {
+    assert!(
+        t.is_contiguous() && t.kind() == Kind::Float && t.device() == Device::Cpu,
+        "host_mut_contig: contiguous CPU float32 tensor expected"
+    );
+    let n = t.numel();
+    // SAFETY: the tensor owns n contiguous floats; callers hold the only reference to it
+    // (a fresh GEMM output or a fresh copy) while the slice lives.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) }
+}
+
 /// Host copy of a float32 tensor (any shape), in row-major order.
 fn to_vec(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).contiguous().flatten(0, -1))
@@ -301,6 +314,8 @@ struct TapeStep {
     out: Tensor,
     /// a_0 … a_{L−1} then GELU'(h_0) … GELU'(h_{L−1}), each `[n, C]`.
     buf: Vec<f32>,
+    /// For a clipped output: where the clamp passes the gradient (`[n, d_out]`).
+    mask: Option<Vec<bool>>,
 }
 
 /// Recorded trunk evaluations of one simulation (see the module docs).
@@ -356,8 +371,16 @@ impl TrunkTape {
     }
 
     /// NN(t_k, x) for `x: [n, d]` (CPU float32, no grad) as a leaf that requires grad;
-    /// records what the backward needs in `buf` (a reused buffer, resized here).
-    pub fn forward(&mut self, k: usize, x: &Tensor, mut buf: Vec<f32>) -> Tensor {
+    /// records what the backward needs in `buf` (a reused buffer, resized here). With
+    /// `clip = Some(c)` the leaf is clamp(NN, −c, c) and the backward passes the gradient
+    /// only where −c ≤ NN ≤ c (libtorch's clamp convention, bounds included).
+    pub fn forward(
+        &mut self,
+        k: usize,
+        x: &Tensor,
+        mut buf: Vec<f32>,
+        clip: Option<f32>,
+    ) -> Tensor {
         let c = self.width;
         let n = x.size()[0] as usize;
         let nl = self.layers.len() - 1; // GELU layers
@@ -370,6 +393,7 @@ impl TrunkTape {
             .expect("embeddings captured before forward");
         let e = &emb[k * c..(k + 1) * c];
         let bias0: Vec<f32> = self.layers[0].b.iter().zip(e).map(|(b, e)| b + e).collect();
+        let mut mask = Vec::new();
         let out = tch::no_grad(|| {
             for l in 0..nl {
                 let (prev, cur) = acts.split_at_mut(l * n * c);
@@ -387,6 +411,13 @@ impl TrunkTape {
             let last = &self.layers[nl];
             let b_out = Tensor::from_slice(&last.b);
             let out = b_out.addmm(&view(&acts[(nl - 1) * n * c..], n, c), &last.w.tr());
+            if let Some(cl) = clip {
+                // Keep the gradient mask, then clamp in place.
+                let vals = host_mut_contig(&out);
+                mask.clear();
+                mask.extend(vals.iter().map(|v| v.abs() <= cl)); // false for NaN, as in libtorch
+                vals.iter_mut().for_each(|v| *v = v.clamp(-cl, cl));
+            }
             out.set_requires_grad(true)
         });
         self.steps.push(TapeStep {
@@ -394,6 +425,7 @@ impl TrunkTape {
             x,
             out: out.shallow_clone(),
             buf,
+            mask: clip.map(|_| mask),
         });
         out
     }
@@ -416,7 +448,16 @@ impl TrunkTape {
             for st in self.steps {
                 let dout = st.out.grad();
                 if dout.defined() {
-                    let dout = dout.contiguous();
+                    let mut dout = dout.contiguous();
+                    if let Some(mask) = &st.mask {
+                        dout = dout.copy();
+                        let g = host_mut_contig(&dout);
+                        g.iter_mut().zip(mask).for_each(|(v, &m)| {
+                            if !m {
+                                *v = 0.0;
+                            }
+                        });
+                    }
                     let n = dout.size()[0] as usize;
                     da.resize(n * c, 0.0);
                     dh.resize(n * c, 0.0);
