@@ -26,6 +26,63 @@ fn randomize(vs: &VarStore) {
     });
 }
 
+/// PIS with ScoreCtrl or DIS with LerpCtrl (`steps` grid steps, dimension `dim`), the
+/// control's weights randomised after seeding torch with `seed`.
+fn sampler(pis: bool, dim: i64, steps: usize, seed: i64) -> (Method, VarStore, Box<dyn Control>) {
+    let meth = if pis {
+        Method::pis(steps).unwrap()
+    } else {
+        Method::dis(steps).unwrap()
+    };
+    tch::manual_seed(seed);
+    let vs = VarStore::new(Device::Cpu);
+    let cfg = CtrlConfig::default();
+    let ctrl: Box<dyn Control> = if pis {
+        Box::new(ScoreCtrl::new(&vs.root(), dim, &cfg))
+    } else {
+        let sde = meth.sde;
+        Box::new(LerpCtrl::new(
+            &vs.root(),
+            dim,
+            &cfg,
+            std::sync::Arc::new(move |t| sde.sigma(t)),
+            1.0,
+            1.0,
+        ))
+    };
+    randomize(&vs);
+    (meth, vs, ctrl)
+}
+
+/// One trainer batch (torch seeded with 11 first): the loss and the control's gradients.
+/// `check` sees the trainer before the batch (to assert its gradient path).
+fn one_batch(
+    meth: &Method,
+    target: &ScaledGauss,
+    ctrl: &dyn Control,
+    loss: LossKind,
+    settings: TrainSettings,
+    check: impl Fn(&Trainer<'_>),
+) -> (f64, Vec<Tensor>) {
+    let mut tr = Trainer::new(
+        meth,
+        target,
+        Controls::new(ctrl),
+        loss,
+        settings,
+        Device::Cpu,
+        None,
+    );
+    check(&tr);
+    tr.adam.zero_grad();
+    tch::manual_seed(11);
+    let (l, _, done) = tr.batch_loss();
+    if !done {
+        l.backward();
+    }
+    (l.double_value(&[]), grads(&ctrl.parameters()))
+}
+
 fn zero_grads(params: &[Tensor]) {
     for p in params {
         let mut g = p.grad();
@@ -147,29 +204,7 @@ fn direct_lv_with_native_trunk_matches_autograd() {
     };
     for loss in [LossKind::Lv, LossKind::LvTraj { k: 4 }] {
         for pis in [false, true] {
-            let meth = if pis {
-                Method::pis(30).unwrap()
-            } else {
-                Method::dis(30).unwrap()
-            };
-            tch::manual_seed(3);
-            let vs = VarStore::new(Device::Cpu);
-            let cfg = CtrlConfig::default();
-            let ctrl: Box<dyn Control> = if pis {
-                Box::new(ScoreCtrl::new(&vs.root(), 3, &cfg))
-            } else {
-                let sde = meth.sde;
-                Box::new(LerpCtrl::new(
-                    &vs.root(),
-                    3,
-                    &cfg,
-                    std::sync::Arc::new(move |t| sde.sigma(t)),
-                    1.0,
-                    1.0,
-                ))
-            };
-            randomize(&vs);
-            let params = ctrl.parameters();
+            let (meth, _vs, ctrl) = sampler(pis, 3, 30, 3);
             // rows 4: B·N above 8 × replay_rows, direct either way; rows 0: the reference is
             // the one-piece replay, and the native network still takes the direct path.
             let run = |native: bool, rows: usize| -> Vec<Tensor> {
@@ -179,28 +214,13 @@ fn direct_lv_with_native_trunk_matches_autograd() {
                     native_trunk: native,
                     ..TrainSettings::default()
                 };
-                let mut tr = Trainer::new(
-                    &meth,
-                    &target,
-                    Controls::new(ctrl.as_ref()),
-                    loss,
-                    s,
-                    Device::Cpu,
-                    None,
-                );
                 let expect = match (native, rows) {
                     (true, _) => GradPath::Direct { native: true },
                     (false, 0) => GradPath::Replay { chunk_rows: None },
                     (false, _) => GradPath::Direct { native: false },
                 };
-                assert_eq!(tr.grad_path(), expect);
-                tr.adam.zero_grad();
-                tch::manual_seed(11);
-                let (l, _, done) = tr.batch_loss();
-                if !done {
-                    l.backward();
-                }
-                grads(&params)
+                let check = |tr: &Trainer<'_>| assert_eq!(tr.grad_path(), expect);
+                one_batch(&meth, &target, ctrl.as_ref(), loss, s, check).1
             };
             for rows in [4, 0] {
                 let reference = run(false, rows);
@@ -233,29 +253,7 @@ fn batch_shards_match_one_batch() {
         log_z: 0.3,
     };
     for pis in [false, true] {
-        let meth = if pis {
-            Method::pis(20).unwrap()
-        } else {
-            Method::dis(20).unwrap()
-        };
-        tch::manual_seed(5);
-        let vs = VarStore::new(Device::Cpu);
-        let cfg = CtrlConfig::default();
-        let ctrl: Box<dyn Control> = if pis {
-            Box::new(ScoreCtrl::new(&vs.root(), 4, &cfg))
-        } else {
-            let sde = meth.sde;
-            Box::new(LerpCtrl::new(
-                &vs.root(),
-                4,
-                &cfg,
-                std::sync::Arc::new(move |t| sde.sigma(t)),
-                1.0,
-                1.0,
-            ))
-        };
-        randomize(&vs);
-        let params = ctrl.parameters();
+        let (meth, _vs, ctrl) = sampler(pis, 4, 20, 5);
         let cases = [
             (LossKind::Lv, true, GradPath::Direct { native: true }),
             (LossKind::Lv, false, GradPath::Direct { native: false }),
@@ -275,24 +273,11 @@ fn batch_shards_match_one_batch() {
                     batch_shards: shards,
                     ..TrainSettings::default()
                 };
-                let mut tr = Trainer::new(
-                    &meth,
-                    &target,
-                    Controls::new(ctrl.as_ref()),
-                    loss,
-                    s,
-                    Device::Cpu,
-                    None,
-                );
-                assert_eq!(tr.grad_path(), path);
-                assert_eq!(tr.shards(), shards);
-                tr.adam.zero_grad();
-                tch::manual_seed(11);
-                let (l, _, done) = tr.batch_loss();
-                if !done {
-                    l.backward();
-                }
-                (l.double_value(&[]), grads(&params))
+                let check = |tr: &Trainer<'_>| {
+                    assert_eq!(tr.grad_path(), path);
+                    assert_eq!(tr.shards(), shards);
+                };
+                one_batch(&meth, &target, ctrl.as_ref(), loss, s, check)
             };
             let what = format!(
                 "{} {loss:?} native {native}",
