@@ -72,7 +72,9 @@ pub fn median_bandwidth(
     Ok(median_in_place(&mut dists))
 }
 
-/// `Σ_ij exp(−‖a_i − b_j‖² · scale)` over all pairs (diagonals included).
+/// `Σ_ij exp(−‖a_i − b_j‖² · scale)` over all pairs (diagonals included). Rows are
+/// computed in parallel and their sums added in row order, so the result does not depend on
+/// rayon's scheduling (a parallel `sum()` does).
 fn kernel_sum(a: ArrayView2<f64>, b: ArrayView2<f64>, scale: f64) -> f64 {
     let d = a.ncols();
     let m = b.nrows();
@@ -88,6 +90,8 @@ fn kernel_sum(a: ArrayView2<f64>, b: ArrayView2<f64>, scale: f64) -> f64 {
                 fastmath::plan_row(0.0, &zeros, buf, scale).1
             },
         )
+        .collect::<Vec<f64>>()
+        .into_iter()
         .sum()
 }
 
@@ -182,6 +186,23 @@ mod tests {
     fn cloud(n: usize, d: usize, seed: u64, shift: f64) -> Array2<f64> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         Array2::from_shape_fn((n, d), |_| rng.sample::<f64, _>(StandardNormal) + shift)
+    }
+
+    #[test]
+    fn kernel_sum_is_bitwise_reproducible_and_ordered() {
+        // Rayon's parallel sum depends on scheduling; ours adds row sums in order.
+        let (a, b) = (cloud(700, 3, 1, 0.0), cloud(600, 3, 2, 0.5));
+        let first = kernel_sum(a.view(), b.view(), 0.7);
+        for _ in 0..20 {
+            assert_eq!(
+                kernel_sum(a.view(), b.view(), 0.7).to_bits(),
+                first.to_bits()
+            );
+        }
+        let serial: f64 = (0..a.nrows())
+            .map(|i| kernel_sum(a.slice(ndarray::s![i..i + 1, ..]), b.view(), 0.7))
+            .sum();
+        assert_eq!(serial.to_bits(), first.to_bits(), "{serial} vs {first}");
     }
 
     #[test]

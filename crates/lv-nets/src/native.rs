@@ -409,11 +409,16 @@ impl TrunkTape {
                 bias_gelu(h, &mut gs[l * n * c..(l + 1) * n * c], bias);
             }
             let last = &self.layers[nl];
-            let b_out = Tensor::from_slice(&last.b);
-            let out = b_out.addmm(&view(&acts[(nl - 1) * n * c..], n, c), &last.w.tr());
+            // GEMM, then the bias (and the clamp) in one host pass: libtorch's addmm
+            // broadcasts a d_out-wide bias over the rows in a separate, slow pass.
+            let out = view(&acts[(nl - 1) * n * c..], n, c).mm(&last.w.tr());
+            let vals = host_mut_contig(&out);
+            let d_out = last.b.len();
+            for row in vals.chunks_exact_mut(d_out) {
+                row.iter_mut().zip(&last.b).for_each(|(v, b)| *v += b);
+            }
             if let Some(cl) = clip {
                 // Keep the gradient mask, then clamp in place.
-                let vals = host_mut_contig(&out);
                 mask.clear();
                 mask.extend(vals.iter().map(|v| v.abs() <= cl)); // false for NaN, as in libtorch
                 vals.iter_mut().for_each(|v| *v = v.clamp(-cl, cl));
@@ -448,9 +453,9 @@ impl TrunkTape {
             for st in self.steps {
                 let dout = st.out.grad();
                 if dout.defined() {
-                    let mut dout = dout.contiguous();
+                    let dout = dout.contiguous();
                     if let Some(mask) = &st.mask {
-                        dout = dout.copy();
+                        // In place: the leaf and its gradient are dropped after this step.
                         let g = host_mut_contig(&dout);
                         g.iter_mut().zip(mask).for_each(|(v, &m)| {
                             if !m {
@@ -465,11 +470,13 @@ impl TrunkTape {
                     let last = &self.layers[nl];
                     let a_last = view(&acts[(nl - 1) * n * c..], n, c);
                     let _ = gw[nl].addmm_(&dout.tr(), &a_last);
-                    for (s, v) in gb[nl].iter_mut().zip(to_vec(&dout.sum_dim_intlist(
-                        [0i64].as_slice(),
-                        false,
-                        Kind::Float,
-                    ))) {
+                    // Output-bias gradient: column sums of δ on the host (float32 per step,
+                    // float64 across steps, as before).
+                    let mut col_out = vec![0f32; gb[nl].len()];
+                    for row in host_mut_contig(&dout).chunks_exact(col_out.len()) {
+                        col_out.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    for (s, v) in gb[nl].iter_mut().zip(col_out) {
                         *s += v as f64;
                     }
                     let _ = dout.mm_out(&view_mut(&mut da, n, c), &last.w);
