@@ -85,8 +85,9 @@ pub struct TrainSettings {
     /// each simulated and backpropagated on its own thread with one libtorch thread, using a
     /// [`Control::fork`] of the controls; dL/dR is computed once over the whole batch in
     /// between, and the forks' gradients are added in shard order (deterministic). 0 = auto:
-    /// one shard per libtorch thread (the `threads` setting) when the controls can be forked
-    /// and every shard gets at least [`MIN_SHARD_ROWS`] rows, else 1 (no sharding). On the
+    /// one shard per libtorch thread (the `threads` setting) when the control can be forked
+    /// and every shard gets at least [`MIN_SHARD_ROWS`] rows, else 1 (no sharding). Methods
+    /// with an inference control (the bridge) are not sharded. On the
     /// 2-core CPU two shards are faster than two libtorch threads on one batch
     /// (docs/performance.md), because most of a step is many small operations that
     /// libtorch runs on one thread.
@@ -347,12 +348,25 @@ impl<'a> Trainer<'a> {
     }
 
     fn shard_count(&self, rows: usize) -> usize {
+        let wanted = self.wanted_shards(rows);
+        if wanted > 1 && self.controls.u.fork().is_some() {
+            wanted
+        } else {
+            1
+        }
+    }
+
+    /// Shards the settings ask for, before checking that the control can be forked. Only
+    /// on CPU, for the direct and graph paths, and without an inference control (the
+    /// bridge is not sharded).
+    fn wanted_shards(&self, rows: usize) -> usize {
         if self.device != Device::Cpu
+            || self.controls.v.is_some()
             || !matches!(self.grad_path(), GradPath::Direct { .. } | GradPath::Graph)
         {
             return 1;
         }
-        let wanted = match self.settings.batch_shards {
+        match self.settings.batch_shards {
             0 => {
                 let t = crate::par::threads();
                 if t >= 2 && rows >= t * MIN_SHARD_ROWS {
@@ -362,15 +376,6 @@ impl<'a> Trainer<'a> {
                 }
             }
             s => s.min(rows),
-        };
-        // Forks are cheap (fresh leaves over the same storage); this checks that they exist.
-        let forkable = || {
-            self.controls.u.fork().is_some() && self.controls.v.is_none_or(|v| v.fork().is_some())
-        };
-        if wanted > 1 && forkable() {
-            wanted
-        } else {
-            1
         }
     }
 
@@ -424,8 +429,14 @@ impl<'a> Trainer<'a> {
             }
         }
         let path = self.grad_path();
-        let shards = self.shard_count(n_eff as usize);
-        if shards > 1 {
+        let wanted = self.wanted_shards(n_eff as usize);
+        // One fork per shard (fresh leaves over the same storage); `None` if not forkable.
+        let forks: Option<Vec<Box<dyn Control + Send>>> = if wanted > 1 {
+            (0..wanted).map(|_| self.controls.u.fork()).collect()
+        } else {
+            None
+        };
+        if let Some(forks) = forks {
             let direct = match path {
                 GradPath::Direct { native } => Some(native),
                 _ => None,
@@ -437,17 +448,14 @@ impl<'a> Trainer<'a> {
                 [self.method.grid.steps() as i64, n_eff as i64, d],
                 (x0.kind(), x0.device()),
             );
-            let parts = crate::par::split_rows(n_eff as usize, 1, shards);
+            let parts = crate::par::split_rows(n_eff as usize, 1, forks.len());
             let work: Vec<Shard> = parts
                 .iter()
-                .map(|r| {
+                .zip(forks)
+                .map(|(r, u)| {
                     let (a, len) = (r.start as i64, r.len() as i64);
                     Shard {
-                        u: self.controls.u.fork().expect("checked by shard_count"),
-                        v: self
-                            .controls
-                            .v
-                            .map(|v| v.fork().expect("checked by shard_count")),
+                        u,
                         x0: x0.narrow(0, a, len).contiguous(),
                         noise: noise.narrow(1, a, len).contiguous(),
                     }
@@ -456,15 +464,11 @@ impl<'a> Trainer<'a> {
             let run = ShardRun {
                 method: self.method,
                 target: self.target,
-                div: self.controls.div,
                 opts,
                 direct,
             };
             let (loss, kept, done) = run.run(work, &loss_of);
             add_fork_grads(self.controls.u, done.iter().map(|s| &*s.u));
-            if let Some(v) = self.controls.v {
-                add_fork_grads(v, done.iter().map(|s| &**s.v.as_ref().expect("forked v")));
-            }
             return (loss, filtered_of(&kept), true);
         }
         if let GradPath::Direct { native } = path {
@@ -639,7 +643,6 @@ impl std::fmt::Display for GradPath {
 /// One shard of a batch-sharded step: forked controls and the shard's rows.
 struct Shard {
     u: Box<dyn Control + Send>,
-    v: Option<Box<dyn Control + Send>>,
     x0: Tensor,
     /// `[steps, rows, d]`.
     noise: Tensor,
@@ -649,7 +652,6 @@ struct Shard {
 struct ShardRun<'a> {
     method: &'a Method,
     target: &'a dyn Target,
-    div: DivMode,
     opts: SimOptions,
     /// `Some(native)`: the direct LV path (kept controls, tape if `native`); `None`: the
     /// graph path.
@@ -737,11 +739,7 @@ impl ShardRun<'_> {
         tx_r: std::sync::mpsc::Sender<(usize, Tensor)>,
         rx_g: std::sync::mpsc::Receiver<Tensor>,
     ) {
-        let controls = Controls {
-            u: &*shard.u,
-            v: shard.v.as_deref().map(|v| v as &dyn Control),
-            div: self.div,
-        };
+        let controls = Controls::new(&*shard.u);
         let tape = TapeGuard::start(controls.u, self.direct == Some(true));
         let out = simulate_with_noise(
             self.method,
