@@ -332,6 +332,11 @@ impl FourierMlp {
         if let Some(y) = self.taped_forward(t, x) {
             return y;
         }
+        self.untaped_forward_t(t, x)
+    }
+
+    /// [`FourierMlp::forward_t`] through autograd (no tape).
+    fn untaped_forward_t(&self, t: f64, x: &Tensor) -> Tensor {
         let e = self
             .cache
             .lookup(t)
@@ -346,7 +351,7 @@ impl FourierMlp {
         if let Some(y) = self.taped_forward_clipped(t, x, Some(c as f32)) {
             return y;
         }
-        self.forward_t(t, x).clamp(-c, c)
+        self.untaped_forward_t(t, x).clamp(-c, c)
     }
 
     /// Computes the time embeddings e_t of all `ts` in one call (in the current autograd
