@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! RUN/config.toml            the resolved configuration
-//! RUN/checkpoint.safetensors model, EMA shadow and Adam state (written atomically)
-//! RUN/checkpoint.json        step counters (written atomically, after the tensors)
+//! RUN/checkpoint.safetensors model, EMA shadow, Adam state and the step counters (one
+//!                            atomic rename: the whole checkpoint)
+//! RUN/checkpoint.json        a readable copy of the counters (written after; resume trusts
+//!                            the tensor file's copy, so a kill between the two is harmless)
 //! RUN/metrics.jsonl          the training curve
 //! RUN/results.json           the final evaluation
 //! RUN/samples.npy            terminal samples of the final evaluation
@@ -253,13 +255,16 @@ fn train_built(
     let ckpt = dir.join("checkpoint.safetensors");
     let meta_path = dir.join("checkpoint.json");
     if resume {
-        if !meta_path.exists() {
+        if !ckpt.exists() {
             bail!("{} has no checkpoint to resume from", dir.display());
         }
-        let meta: CheckpointMeta = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
-            .with_context(|| format!("reading {}", meta_path.display()))?;
         let tensors = load_tensors(&ckpt)?;
+        let meta = checkpoint_meta(&tensors, &meta_path)?;
         restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
+        // Re-sync the readable copy (stale if the kill fell between the two renames) and
+        // forget the training curve past the checkpoint.
+        write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        truncate_metrics(&dir.join("metrics.jsonl"), meta.counters.step)?;
         trainer.counters = meta.counters.clone();
         trainer.apply_clip_schedule();
         seconds = meta.seconds;
@@ -375,13 +380,64 @@ fn save_checkpoint(
         "meta.step".into(),
         Tensor::from(trainer.counters.step as i64),
     ));
-    save_tensors_atomic(ckpt, &named)?;
     let meta = CheckpointMeta {
         counters: trainer.counters.clone(),
         ema_calls: ema.calls(),
         seconds,
     };
-    write_atomic(meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())
+    let json = serde_json::to_string_pretty(&meta)?;
+    // The counters travel inside the (atomically renamed) tensor file, so the one file is a
+    // consistent checkpoint on its own; checkpoint.json is a readable copy written after it.
+    // A kill between the two renames leaves a stale checkpoint.json, which resume ignores.
+    named.push((META_TENSOR.into(), Tensor::from_slice(json.as_bytes())));
+    save_tensors_atomic(ckpt, &named)?;
+    write_atomic(meta_path, json.as_bytes())
+}
+
+/// Name of the u8 tensor holding the [`CheckpointMeta`] JSON inside the tensor file.
+const META_TENSOR: &str = "meta.json";
+
+/// The checkpoint's counters: from the tensor file's embedded JSON when present (it is
+/// written in the same atomic rename as the tensors), else from `checkpoint.json` (files
+/// written before the counters were embedded).
+fn checkpoint_meta(tensors: &[(String, Tensor)], meta_path: &Path) -> Result<CheckpointMeta> {
+    if let Some((_, t)) = tensors.iter().find(|(k, _)| k == META_TENSOR) {
+        let bytes = Vec::<u8>::try_from(t).context("reading the checkpoint's meta.json tensor")?;
+        return serde_json::from_slice(&bytes).context("parsing the checkpoint's meta.json tensor");
+    }
+    serde_json::from_str(
+        &std::fs::read_to_string(meta_path)
+            .with_context(|| format!("reading {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", meta_path.display()))
+}
+
+/// Drops the lines of `metrics.jsonl` logged after `step` (a run killed after its last
+/// checkpoint logged steps that the resumed run repeats). Rewritten atomically.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = false;
+    for line in text.lines() {
+        let line_step = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["step"].as_u64());
+        match line_step {
+            Some(s) if s as usize > step => dropped = true,
+            // A line cut short by the kill does not parse: drop it too.
+            None => dropped = true,
+            Some(_) => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    if dropped {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn restore(
@@ -643,17 +699,12 @@ fn open_run(
     let res = cfg.validate()?;
     lv_nets::set_threads(res.cfg.threads);
     let built = build(&res)?;
-    let meta_path = dir.join("checkpoint.json");
-    let meta: CheckpointMeta =
-        serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
-            format!(
-                "{} has no checkpoint ({})",
-                dir.display(),
-                meta_path.display()
-            )
-        })?)
-        .with_context(|| format!("reading {}", meta_path.display()))?;
-    let tensors = load_tensors(dir.join("checkpoint.safetensors"))?;
+    let ckpt = dir.join("checkpoint.safetensors");
+    if !ckpt.exists() {
+        bail!("{} has no checkpoint ({})", dir.display(), ckpt.display());
+    }
+    let tensors = load_tensors(&ckpt)?;
+    let meta = checkpoint_meta(&tensors, &dir.join("checkpoint.json"))?;
     let ema: Vec<(String, Tensor)> = tensors
         .iter()
         .filter_map(|(k, t)| {

@@ -87,12 +87,39 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
         !b.join("results.json").exists(),
         "the interrupted run must not have finished"
     );
+    // What a SIGKILL can leave: a checkpoint.json one save behind the tensor file (killed
+    // between the two renames) and curve lines past the checkpoint, the last one cut short.
+    let meta_path = b.join("checkpoint.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    assert_eq!(meta["counters"]["step"], 3);
+    meta["counters"]["step"] = 2.into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let mut curve = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    curve.push_str("{\"step\": 4, \"loss\": 123.0}\n{\"step\": 5, \"lo");
+    std::fs::write(b.join("metrics.jsonl"), curve).unwrap();
     let st = lv()
         .args(["train", "--quiet", "--resume"])
         .arg(&b)
         .status()
         .unwrap();
     assert!(st.success());
+    // The resumed curve is the uninterrupted one (wall-clock seconds aside).
+    let curve = |run: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                if let Some(e) = v.get_mut("eval").and_then(|e| e.as_object_mut()) {
+                    e.remove("sample_seconds");
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(curve(&a), curve(&b));
     let (ta, tb) = (model_tensors(&a), model_tensors(&b));
     assert!(!ta.is_empty());
     assert_eq!(ta.len(), tb.len());
