@@ -8,7 +8,9 @@
 //! `eval_many` is overridden everywhere: the time embeddings and s(t) are computed once per
 //! time and repeated over the rows of each block, so one trunk call serves all times.
 
-use crate::fourier::{grad_mode_enabled, times_tensor, FourierMlp, MlpConfig, TimeCache, TimeNet};
+use crate::fourier::{
+    grad_mode_enabled, times_tensor, FourierMlp, HeadArgs, MlpConfig, TimeCache, TimeNet,
+};
 use lv_core::Control;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -148,6 +150,26 @@ macro_rules! net_tape {
     };
 }
 
+/// The tape-mode methods of [`Control`] for a control with a [`FourierMlp`] `self.net` whose
+/// taped evaluations include a head recomputed by `self.head_at(ts)`.
+macro_rules! net_tape_with_head {
+    () => {
+        fn start_tape(&self) -> bool {
+            self.net.start_tape()
+        }
+        fn tape_supported(&self) -> bool {
+            self.net.tape_supported()
+        }
+        fn finish_tape(&self) {
+            self.net
+                .finish_tape_with_head(Some(&|ts: &[f64]| self.head_at(ts)))
+        }
+        fn drop_tape(&self) {
+            self.net.drop_tape()
+        }
+    };
+}
+
 /// Score-free control u(t, x) = clip_m(NN(t, x)).
 #[derive(Debug)]
 pub struct ClippedCtrl {
@@ -244,12 +266,30 @@ impl ScoreCtrl {
         let (cm, cs) = (self.clips.m(), self.clips.s());
         clip(&nn_out, cm) + clip(score, cs) * clip(&s, cm)
     }
+
+    /// clip_m(s(t_k)) `[K, out]` at times `ts`, in the current autograd mode.
+    fn head_at(&self, ts: &[f64]) -> Tensor {
+        let s = self.scale.forward(&times_tensor(ts, self.net.device()));
+        clip(&s, self.clips.m())
+    }
 }
 
 impl Control for ScoreCtrl {
     fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
         let score = require_score(score, "ScoreCtrl");
         let (cm, cs) = (self.clips.m(), self.clips.s());
+        let head = HeadArgs {
+            x_coef: None,
+            score: Some(score),
+            score_coef: None,
+            clip_s: cs,
+        };
+        if let Some(u) = self
+            .net
+            .taped_control(t, x, cm, head, &|| self.head.values())
+        {
+            return u;
+        }
         self.net.forward_t_clipped(t, x, cm) + clip(score, cs) * self.clipped_scale(t)
     }
     fn eval_many(&self, ts: &[f64], x: &Tensor, score: Option<&Tensor>) -> Tensor {
@@ -274,14 +314,13 @@ impl Control for ScoreCtrl {
     }
     fn prepare_times(&self, ts: &[f64]) {
         self.net.prepare_times(ts);
-        let s = self.scale.forward(&times_tensor(ts, self.net.device()));
-        self.head.set(ts, clip(&s, self.clips.m()));
+        self.head.set(ts, self.head_at(ts));
     }
     fn clear_times(&self) {
         self.net.clear_times();
         self.head.clear();
     }
-    net_tape!();
+    net_tape_with_head!();
     fn fork(&self) -> Option<Box<dyn Control + Send>> {
         Some(Box::new(Self {
             net: self.net.fork(),
@@ -438,12 +477,44 @@ impl LerpCtrl {
         let (cm, cs) = (self.clips.m(), self.clips.s());
         clip(&nn_out, cm) + clip(&lerp, cs) * clip(&s, cm) * sigma
     }
+
+    /// clip_m(s(t_k))·σ(t_k) `[K, out]` at times `ts`, in the current autograd mode.
+    fn head_at(&self, ts: &[f64]) -> Tensor {
+        let dev = self.net.device();
+        let s = self.scale.forward(&times_tensor(ts, dev));
+        let sig: Vec<f64> = ts.iter().map(|&t| self.sigma(t)).collect();
+        let sig = times_tensor(&sig, dev).view([-1, 1]);
+        clip(&s, self.clips.m()) * sig
+    }
 }
 
 impl Control for LerpCtrl {
     fn eval(&self, t: f64, x: &Tensor, score: Option<&Tensor>) -> Tensor {
         // Scalar weights: no host-to-device tensors per step.
         let w = t / self.horizon;
+        let (with_prior, with_target) = match self.terms {
+            LerpTerms::Both => (true, true),
+            LerpTerms::Target => (false, true),
+            LerpTerms::Prior => (true, false),
+        };
+        let head = HeadArgs {
+            // The factors as the tensor code below rounds them (f64 scalars, used in f32).
+            x_coef: with_prior.then_some((-(1.0 - w) / self.prior_var) as f32),
+            score: if with_target {
+                Some(require_score(score, "LerpCtrl (target term)"))
+            } else {
+                None
+            },
+            score_coef: Some(w as f32),
+            clip_s: self.clips.s(),
+        };
+        let cm = self.clips.m();
+        if let Some(u) = self
+            .net
+            .taped_control(t, x, cm, head, &|| self.head.values())
+        {
+            return u;
+        }
         let prior = || x * (-(1.0 - w) / self.prior_var);
         let target = || require_score(score, "LerpCtrl (target term)") * w;
         let lerp = match self.terms {
@@ -479,17 +550,13 @@ impl Control for LerpCtrl {
     }
     fn prepare_times(&self, ts: &[f64]) {
         self.net.prepare_times(ts);
-        let dev = self.net.device();
-        let s = self.scale.forward(&times_tensor(ts, dev));
-        let sig: Vec<f64> = ts.iter().map(|&t| self.sigma(t)).collect();
-        let sig = times_tensor(&sig, dev).view([-1, 1]);
-        self.head.set(ts, clip(&s, self.clips.m()) * sig);
+        self.head.set(ts, self.head_at(ts));
     }
     fn clear_times(&self) {
         self.net.clear_times();
         self.head.clear();
     }
-    net_tape!();
+    net_tape_with_head!();
     fn fork(&self) -> Option<Box<dyn Control + Send>> {
         Some(Box::new(self.forked()))
     }

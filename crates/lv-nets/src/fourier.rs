@@ -4,7 +4,26 @@
 //! All networks see the **raw** time t (not divided by the horizon T) and work in float32 on
 //! the device of the `nn::Path` they are built from.
 
-use crate::native::{TapeLayer, TrunkTape};
+use crate::native::{Head, TapeLayer, TrunkTape};
+
+/// The prepared times and head values `[K, out]` of a control, if prepared.
+pub(crate) type HeadValues<'a> = &'a dyn Fn() -> Option<(Vec<f64>, Tensor)>;
+
+/// Recomputes a control's head values `[K, out]` at the given times, with their graph.
+pub(crate) type HeadAt<'a> = &'a dyn Fn(&[f64]) -> Tensor;
+
+/// The head of a control evaluated by [`FourierMlp::taped_control`]:
+/// z = α·x + β·score (each term optional), clipped at ±`clip_s`.
+pub(crate) struct HeadArgs<'a> {
+    /// α (None: no x term).
+    pub x_coef: Option<f32>,
+    /// The score term (None: none).
+    pub score: Option<&'a Tensor>,
+    /// β (None: the score as it is).
+    pub score_coef: Option<f32>,
+    /// c_s.
+    pub clip_s: f64,
+}
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, LinearConfig, Module};
 use tch::{Device, Kind, Tensor};
@@ -206,6 +225,11 @@ impl TimeCache {
     }
     /// Row `[1, C]` for time `t`, if prepared (a view: its gradient flows to the `[K, C]`
     /// values computed in `set`).
+    /// The prepared times and all values `[K, C]` (shallow handles), if prepared.
+    pub(crate) fn values(&self) -> Option<(Vec<f64>, Tensor)> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|(ts, v)| (ts.clone(), v.shallow_clone()))
+    }
     pub(crate) fn lookup(&self, t: f64) -> Option<Tensor> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (ts, v) = g.as_ref()?;
@@ -409,6 +433,14 @@ impl FourierMlp {
     /// (trunk weights and biases, and through the time embeddings the time branch) into the
     /// parameters' `.grad`. No-op when no tape is open.
     pub fn finish_tape(&self) {
+        self.finish_tape_with_head(None)
+    }
+
+    /// [`FourierMlp::finish_tape`] for a control whose taped evaluations included a head
+    /// ([`FourierMlp::taped_control`]): `head(ts)` recomputes the head values `[K, out]` at
+    /// the prepared times with their graph, and their gradient joins the same backward.
+    /// Panics if head gradients were recorded and `head` is `None` (they would be lost).
+    pub(crate) fn finish_tape_with_head(&self, head: Option<HeadAt<'_>>) {
         let Some(tape) = lock(&self.tape).take() else {
             return;
         };
@@ -429,6 +461,12 @@ impl FourierMlp {
                 let ge = Tensor::from_slice(ge).view_(e.size()).to_device(dev);
                 terms.push((e * ge).sum(Kind::Float));
             }
+            if let Some((ts, gh)) = &grads.head {
+                let head = head.expect("taped head evaluations need finish_tape_with_head");
+                let s = head(ts);
+                let gh = Tensor::from_slice(gh).view_(s.size()).to_device(dev);
+                terms.push((s * gh).sum(Kind::Float));
+            }
             Tensor::stack(&terms, 0).sum(Kind::Float).backward();
         });
     }
@@ -445,6 +483,54 @@ impl FourierMlp {
     }
 
     fn taped_forward_clipped(&self, t: f64, x: &Tensor, clip: Option<f32>) -> Option<Tensor> {
+        self.taped(t, x, clip, None)
+    }
+
+    /// A whole Langevin-preconditioned control value in tape mode, one leaf (see
+    /// [`Head`]): clamp(NN(t, x), ±c_m) + clamp(α·x + β·score, ±c_s) ⊙ s(t), with the head
+    /// values s(t_k) `[K, out]` at the prepared times given by `values` (called once per
+    /// tape; `None` or other times: no tape). `None` when the tape does not apply (then
+    /// evaluate through autograd). The control must end the tape with
+    /// [`FourierMlp::finish_tape_with_head`].
+    pub(crate) fn taped_control(
+        &self,
+        t: f64,
+        x: &Tensor,
+        clip_m: f64,
+        head: HeadArgs<'_>,
+        values: HeadValues<'_>,
+    ) -> Option<Tensor> {
+        if self.out_dim != self.dim || lock(&self.tape).is_none() {
+            return None;
+        }
+        let score = match head.score {
+            Some(sc) => {
+                if sc.device() != Device::Cpu
+                    || sc.kind() != Kind::Float
+                    || sc.size() != x.size()
+                    || sc.requires_grad()
+                {
+                    return None;
+                }
+                Some((sc.contiguous(), head.score_coef))
+            }
+            None => None,
+        };
+        let hd = Head {
+            x_coef: head.x_coef,
+            score: score.as_ref().map(|(sc, b)| (crate::native::host(sc), *b)),
+            clip_s: head.clip_s as f32,
+        };
+        self.taped(t, x, Some(clip_m as f32), Some((hd, values)))
+    }
+
+    fn taped(
+        &self,
+        t: f64,
+        x: &Tensor,
+        clip: Option<f32>,
+        head: Option<(Head<'_>, HeadValues<'_>)>,
+    ) -> Option<Tensor> {
         let mut guard = lock(&self.tape);
         let tape = guard.as_mut()?;
         if x.device() != Device::Cpu
@@ -462,9 +548,26 @@ impl FourierMlp {
             tape.set_embeddings(ts, e);
         }
         let k = tape.time_index(t)?;
+        let head = match head {
+            Some((hd, values)) => {
+                if !tape.has_head() {
+                    let (ts, s) = values()?;
+                    let ok = tape.times() == Some(&ts[..])
+                        && s.dim() == 2
+                        && s.size()[0] == ts.len() as i64
+                        && (s.size()[1] == 1 || s.size()[1] == self.out_dim);
+                    if !ok {
+                        return None;
+                    }
+                    tape.set_head(&s);
+                }
+                Some(hd)
+            }
+            None => None,
+        };
         // Take one buffer and release the pool (shared with forks on other threads).
         let buf = lock(&self.pool).pop().unwrap_or_default();
-        Some(tape.forward(k, x, buf, clip))
+        Some(tape.forward(k, x, buf, clip, head))
     }
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are

@@ -9,7 +9,9 @@ use lv_core::sim::Controls;
 use lv_core::testing::{assert_grads_close, rng_lock, ScaledGauss};
 use lv_core::train::{GradPath, TrainSettings, Trainer};
 use lv_core::Control;
-use lv_nets::{CtrlConfig, FourierMlp, LerpCtrl, MlpConfig, ScoreCtrl};
+use lv_nets::{
+    CtrlConfig, FourierMlp, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, MlpConfig, ScoreCtrl,
+};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -187,6 +189,123 @@ fn taped_fourier_mlp_matches_autograd() {
         assert!(g.iter().all(|g| g.isfinite().all().int64_value(&[]) == 1));
         assert!(g[1..].iter().any(|g| g.abs().max().double_value(&[]) > 0.0));
     }
+}
+
+/// The whole control value in tape mode (ScoreCtrl, and LerpCtrl with both, the target or
+/// the prior term; s(t) with one or d outputs) is the autograd value, and the
+/// parameter gradients (trunk, time branch, s(t)) agree, with both clamps active: the
+/// network output's at c_m and the score term's at c_s. One evaluation at an unprepared
+/// time falls back to autograd inside the tape.
+#[test]
+fn taped_control_heads_match_autograd() {
+    let _rng = rng_lock();
+    let d = 3;
+    let sigma: lv_nets::ctrl::SigmaFn = std::sync::Arc::new(|t| 0.5 + t);
+    for per_dim in [false, true] {
+        let cfg = CtrlConfig {
+            mlp: MlpConfig {
+                width: 32,
+                num_layers: 3,
+                ..MlpConfig::default()
+            },
+            clip_model: 1.0,
+            clip_score: 1.5,
+            scale_per_dim: per_dim,
+            scale_init: None,
+        };
+        let label = |name: &str| format!("{name}, s(t) per dimension: {per_dim}");
+        let vs = VarStore::new(Device::Cpu);
+        let c = ScoreCtrl::new(&vs.root(), d, &cfg);
+        check_taped_head(&label("ScoreCtrl"), &vs, &c, c.net());
+        let vs = VarStore::new(Device::Cpu);
+        let c = LerpCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0, 1.3);
+        check_taped_head(&label("LerpCtrl"), &vs, &c, c.net());
+        let vs = VarStore::new(Device::Cpu);
+        let c = LerpTargetCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0);
+        check_taped_head(&label("LerpTargetCtrl"), &vs, &c, c.0.net());
+        let vs = VarStore::new(Device::Cpu);
+        let c = LerpPriorCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0, 0.7);
+        check_taped_head(&label("LerpPriorCtrl"), &vs, &c, c.0.net());
+    }
+}
+
+/// See [`taped_control_heads_match_autograd`]; `net` is the control's base network (clip
+/// values c_m = 1, c_s = 1.5).
+fn check_taped_head(name: &str, vs: &VarStore, ctrl: &dyn Control, net: &FourierMlp) {
+    tch::manual_seed(9);
+    randomize(vs);
+    // Keep |s(t)| below c_m = 1, so that the head's gradient reaches s(t) at every step.
+    tch::no_grad(|| {
+        for (k, mut v) in vs.variables() {
+            if k.starts_with("scale.out") {
+                let _ = v.g_mul_scalar_(0.1);
+            }
+        }
+    });
+    let d = 3;
+    let params = ctrl.parameters();
+    let ts = [0.0, 0.3, 0.6, 0.9];
+    let times = [0.0, 0.3, 0.6, 0.9, 0.45]; // 0.45 is not prepared
+    let xs: Vec<Tensor> = (0..5).map(|_| Tensor::randn([29, d], CPU) * 2.0).collect();
+    let scores: Vec<Tensor> = (0..5).map(|_| Tensor::randn([29, d], CPU) * 2.0).collect();
+    let cots: Vec<Tensor> = (0..5).map(|_| Tensor::randn([29, d], CPU)).collect();
+    // Both clamps must be active somewhere, else the masks go untested.
+    let nn_clipped = tch::no_grad(|| {
+        (0..5)
+            .map(|k| {
+                let y = net.forward_rows(&Tensor::full([29], times[k], CPU), &xs[k]);
+                y.abs().gt(1.0).sum(Kind::Int64).int64_value(&[])
+            })
+            .sum::<i64>()
+    });
+    assert!(nn_clipped > 0, "{name}: the network's clip is never active");
+    let score_clipped = scores[1].abs().gt(1.5).sum(Kind::Int64).int64_value(&[]);
+    assert!(score_clipped > 0, "{name}: the score clip is never active");
+    let run = |tape: bool| -> (Vec<Tensor>, Vec<Tensor>) {
+        zero_grads(&params);
+        ctrl.prepare_times(&ts);
+        if tape {
+            assert!(ctrl.start_tape());
+        }
+        let us: Vec<Tensor> = times
+            .iter()
+            .zip(xs.iter().zip(&scores))
+            .map(|(&t, (x, sc))| ctrl.eval(t, x, Some(sc)))
+            .collect();
+        // In tape mode the values at prepared times are single leaves (the native head).
+        let leaves: Vec<bool> = us.iter().map(|u| u.is_leaf()).collect();
+        assert_eq!(leaves, [tape, tape, tape, tape, false], "{name}: tape path");
+        let loss = us
+            .iter()
+            .zip(&cots)
+            .map(|(u, c)| (u * c).sum(Kind::Float))
+            .fold(Tensor::zeros([], CPU), |a, b| a + b);
+        loss.backward();
+        if tape {
+            ctrl.finish_tape();
+        }
+        ctrl.clear_times();
+        (us.iter().map(|u| u.detach()).collect(), grads(&params))
+    };
+    let (v0, g0) = run(false);
+    let (v1, g1) = run(true);
+    // The native trunk's GEMM blocking and GELU round differently from autograd's; the
+    // head's arithmetic is the tensor code's.
+    for (k, (a, b)) in v0.iter().zip(&v1).enumerate() {
+        let err = (a - b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(
+            err < 1e-5 * (1.0 + scale),
+            "{name}: value at step {k} differs by {err} (scale {scale})"
+        );
+    }
+    assert_grads_close(&g0, &g1, 2e-5, name);
+    // Every parameter (trunk, time branch, phases, s(t)) receives a gradient.
+    let zero = g1
+        .iter()
+        .filter(|g| g.abs().max().double_value(&[]) == 0.0)
+        .count();
+    assert_eq!(zero, 0, "{name}: {zero} parameters got no gradient");
 }
 
 /// A whole trainer batch through the direct LV path with the native trunk gives the
