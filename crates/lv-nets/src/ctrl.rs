@@ -132,37 +132,29 @@ fn per_row(ts: &[f64], n: i64, device: Device, f: impl Fn(f64) -> f64) -> Tensor
 }
 
 /// The tape-mode methods of [`Control`] for a control whose base network is `self.net`
-/// (a [`FourierMlp`], which does the work).
+/// (a [`FourierMlp`], which does the work). `net_tape!(head)`: the control's taped
+/// evaluations include a head (`FourierMlp::taped_control`), recomputed by `self.head_at(ts)`
+/// when the tape ends.
 macro_rules! net_tape {
     () => {
-        fn start_tape(&self) -> bool {
-            self.net.start_tape()
-        }
-        fn tape_supported(&self) -> bool {
-            self.net.tape_supported()
-        }
+        net_tape!(@common);
         fn finish_tape(&self) {
             self.net.finish_tape()
         }
-        fn drop_tape(&self) {
-            self.net.drop_tape()
+    };
+    (head) => {
+        net_tape!(@common);
+        fn finish_tape(&self) {
+            self.net
+                .finish_tape_with_head(Some(&|ts: &[f64]| self.head_at(ts)))
         }
     };
-}
-
-/// The tape-mode methods of [`Control`] for a control with a [`FourierMlp`] `self.net` whose
-/// taped evaluations include a head recomputed by `self.head_at(ts)`.
-macro_rules! net_tape_with_head {
-    () => {
+    (@common) => {
         fn start_tape(&self) -> bool {
             self.net.start_tape()
         }
         fn tape_supported(&self) -> bool {
             self.net.tape_supported()
-        }
-        fn finish_tape(&self) {
-            self.net
-                .finish_tape_with_head(Some(&|ts: &[f64]| self.head_at(ts)))
         }
         fn drop_tape(&self) {
             self.net.drop_tape()
@@ -320,7 +312,7 @@ impl Control for ScoreCtrl {
         self.net.clear_times();
         self.head.clear();
     }
-    net_tape_with_head!();
+    net_tape!(head);
     fn fork(&self) -> Option<Box<dyn Control + Send>> {
         Some(Box::new(Self {
             net: self.net.fork(),
@@ -556,7 +548,7 @@ impl Control for LerpCtrl {
         self.net.clear_times();
         self.head.clear();
     }
-    net_tape_with_head!();
+    net_tape!(head);
     fn fork(&self) -> Option<Box<dyn Control + Send>> {
         Some(Box::new(self.forked()))
     }

@@ -85,6 +85,28 @@ fn one_batch(
     (l.double_value(&[]), grads(&ctrl.parameters()))
 }
 
+/// Σ_k ⟨outs_k, cots_k⟩: a scalar loss with fixed cotangents.
+fn dot_loss(outs: &[Tensor], cots: &[Tensor]) -> Tensor {
+    outs.iter()
+        .zip(cots)
+        .map(|(o, c)| (o * c).sum(Kind::Float))
+        .fold(Tensor::zeros([], CPU), |a, b| a + b)
+}
+
+/// Values of the autograd path (`reference`) and of the tape agree to 1e-5 relative to
+/// each value's scale (plus 1e-5: clipped outputs have scale 1, their inputs more).
+fn assert_values_close(reference: &[Tensor], taped: &[Tensor], what: &str) {
+    assert_eq!(reference.len(), taped.len(), "{what}: value counts differ");
+    for (k, (a, b)) in reference.iter().zip(taped).enumerate() {
+        let err = (a - b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(
+            err < 1e-5 * (1.0 + scale),
+            "{what}: value {k} differs by {err} (scale {scale})"
+        );
+    }
+}
+
 fn zero_grads(params: &[Tensor]) {
     for p in params {
         let mut g = p.grad();
@@ -151,12 +173,8 @@ fn taped_fourier_mlp_matches_autograd() {
                 .collect();
             let at_bound = outs[0].abs().eq(1.0).sum(Kind::Int64).int64_value(&[]);
             assert!(at_bound > 0, "the clip is never active in this test");
-            let loss = outs
-                .iter()
-                .zip(&cs)
-                .map(|(o, c)| (o.clamp(-2.0, 2.0) * c).sum(Kind::Float))
-                .fold(Tensor::zeros([], CPU), |a, b| a + b);
-            loss.backward();
+            let clamped: Vec<Tensor> = outs.iter().map(|o| o.clamp(-2.0, 2.0)).collect();
+            dot_loss(&clamped, &cs).backward();
             if tape {
                 net.finish_tape();
             }
@@ -165,14 +183,7 @@ fn taped_fourier_mlp_matches_autograd() {
         };
         let (v0, g0) = run(false);
         let (v1, g1) = run(true);
-        for (a, b) in v0.iter().zip(&v1) {
-            let err = (a - b).abs().max().double_value(&[]);
-            let scale = a.abs().max().double_value(&[]);
-            assert!(
-                err < 1e-5 * (1.0 + scale), // clipped outputs have scale 1, their inputs more
-                "width {width}: values differ by {err} (scale {scale})"
-            );
-        }
+        assert_values_close(&v0, &v1, &format!("width {width}"));
         assert_grads_close(&g0, &g1, 2e-5, &format!("width {width}"));
         // A second tape reuses the buffers and gives the same again.
         let (_, g2) = run(true);
@@ -275,12 +286,7 @@ fn check_taped_head(name: &str, vs: &VarStore, ctrl: &dyn Control, net: &Fourier
         // In tape mode the values at prepared times are single leaves (the native head).
         let leaves: Vec<bool> = us.iter().map(|u| u.is_leaf()).collect();
         assert_eq!(leaves, [tape, tape, tape, tape, false], "{name}: tape path");
-        let loss = us
-            .iter()
-            .zip(&cots)
-            .map(|(u, c)| (u * c).sum(Kind::Float))
-            .fold(Tensor::zeros([], CPU), |a, b| a + b);
-        loss.backward();
+        dot_loss(&us, &cots).backward();
         if tape {
             ctrl.finish_tape();
         }
@@ -291,14 +297,7 @@ fn check_taped_head(name: &str, vs: &VarStore, ctrl: &dyn Control, net: &Fourier
     let (v1, g1) = run(true);
     // The native trunk's GEMM blocking and GELU round differently from autograd's; the
     // head's arithmetic is the tensor code's.
-    for (k, (a, b)) in v0.iter().zip(&v1).enumerate() {
-        let err = (a - b).abs().max().double_value(&[]);
-        let scale = a.abs().max().double_value(&[]);
-        assert!(
-            err < 1e-5 * (1.0 + scale),
-            "{name}: value at step {k} differs by {err} (scale {scale})"
-        );
-    }
+    assert_values_close(&v0, &v1, name);
     assert_grads_close(&g0, &g1, 2e-5, name);
     // Every parameter (trunk, time branch, phases, s(t)) receives a gradient.
     let zero = g1
