@@ -6,6 +6,10 @@
 
 use crate::native::{Head, TapeLayer, TrunkTape};
 
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init, LinearConfig, Module};
+use tch::{Device, Kind, Tensor};
+
 /// The prepared times and head values `[K, out]` of a control, if prepared.
 pub(crate) type HeadValues<'a> = &'a dyn Fn() -> Option<(Vec<f64>, Tensor)>;
 
@@ -24,9 +28,6 @@ pub(crate) struct HeadArgs<'a> {
     /// c_s.
     pub clip_s: f64,
 }
-use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init, LinearConfig, Module};
-use tch::{Device, Kind, Tensor};
 
 /// Settings of the Fourier networks. The defaults are the paper's (spec §6.2).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,13 +224,13 @@ impl TimeCache {
     pub(crate) fn clear(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-    /// Row `[1, C]` for time `t`, if prepared (a view: its gradient flows to the `[K, C]`
-    /// values computed in `set`).
     /// The prepared times and all values `[K, C]` (shallow handles), if prepared.
     pub(crate) fn values(&self) -> Option<(Vec<f64>, Tensor)> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref().map(|(ts, v)| (ts.clone(), v.shallow_clone()))
     }
+    /// Row `[1, C]` for time `t`, if prepared (a view: its gradient flows to the `[K, C]`
+    /// values computed in `set`).
     pub(crate) fn lookup(&self, t: f64) -> Option<Tensor> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (ts, v) = g.as_ref()?;

@@ -339,9 +339,9 @@ struct TapeStep {
 /// the prepared head values `[K, out]` (out = 1, broadcast over the columns, or d_out), and
 /// the products and the sum are rounded in float32 in the order of the tensor code
 /// (x·α, score·β, their sum, the clamp, the product with s_k, the sum with the clamped NN),
-/// so the head adds exactly what the autograd path adds. The backward adds ∂L/∂s_k = Σ_rows z_c ⊙ δ_k
-/// (summed over the columns when out = 1) to [`TapeGrads::head`]; the caller carries it to
-/// the parameters of s through autograd.
+/// so the head adds exactly what the autograd path adds. The backward adds
+/// ∂L/∂s_k = Σ_rows z_c ⊙ δ_k (summed over the columns when out = 1) to
+/// [`TapeGrads::head`]; the caller carries it to the parameters of s through autograd.
 pub(crate) struct Head<'a> {
     /// α, the coefficient of x (None: no x term).
     pub x_coef: Option<f32>,
