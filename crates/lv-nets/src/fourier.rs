@@ -189,7 +189,7 @@ impl FourierEmbedding {
         vec![self.phases.shallow_clone()]
     }
 
-    /// A copy whose phases are a fresh leaf over the same storage ([`fork_tensor`]).
+    /// A copy whose phases are a fresh leaf over the same storage (detached, requiring grad).
     pub fn fork(&self) -> Self {
         Self {
             freqs: self.freqs.shallow_clone(),
@@ -294,7 +294,7 @@ impl FourierMlp {
         }
     }
 
-    /// A copy for another thread with parameters forked by [`fork_tensor`] (same values,
+    /// A copy for another thread with parameters forked as fresh autograd leaves (same values,
     /// separate gradients, same [`FourierMlp::parameters`] order) and its own time cache
     /// and tape.
     pub fn fork(&self) -> Self {
