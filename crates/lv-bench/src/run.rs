@@ -144,13 +144,13 @@ impl Hooks for EmaHook<'_> {
 /// Arguments of `lv train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// TOML configuration (configs/<preset>/<method>-<loss>-<target>.toml).
+    /// TOML configuration (`configs/<preset>/<method>-<loss>-<target>.toml`).
     #[arg(long, required_unless_present = "resume")]
     pub config: Option<PathBuf>,
     /// Override a key: `--set train.steps=500` (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
-    /// Run folder (default: runs/<method>-<loss>-<target>-seed<seed>).
+    /// Run folder (default: `runs/<method>-<loss>-<target>-seed<seed>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint.

@@ -65,7 +65,7 @@ pub struct Peer {
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
-    /// Table specification: `paper` or `benchmarks` (configs/tables/<table>.toml).
+    /// Table specification: `paper` or `benchmarks` (`configs/tables/<table>.toml`).
     #[arg(long, default_value = "paper")]
     pub table: String,
     /// Preset: `quick` (CPU, minutes) or `paper` (the paper's hyper-parameters, for a GPU).

@@ -42,7 +42,7 @@ pub struct SdeSinkhornOptions {
     pub cache_max_entries: usize,
     /// Keep per-row (per-column) sets of the entries that can matter and
     /// update over those only, with a full pass whenever a proven bound says
-    /// the set may be stale (see [`LiveSets`]). Exact to f64 rounding; a
+    /// the set may be stale (see `LiveSets`). Exact to f64 rounding; a
     /// large speed-up at small ε. Default `true`.
     pub prune: bool,
 }

@@ -74,7 +74,7 @@ impl Target for Funnel {
     }
 
     /// Analytic score. CPU float32 batches without a graph (LV simulations) take a fused
-    /// host loop in f64 ([`crate::util::native_rows`]); otherwise the tensor expression,
+    /// host loop in f64 (`util::native_rows`); otherwise the tensor expression,
     /// which stays in the graph (KL).
     fn score(&self, x: &Tensor) -> Tensor {
         let m = (self.dim - 1) as f64;
