@@ -255,11 +255,7 @@ fn train_built(
     let ckpt = dir.join("checkpoint.safetensors");
     let meta_path = dir.join("checkpoint.json");
     if resume {
-        if !ckpt.exists() {
-            bail!("{} has no checkpoint to resume from", dir.display());
-        }
-        let tensors = load_tensors(&ckpt)?;
-        let meta = checkpoint_meta(&tensors, &meta_path)?;
+        let (tensors, meta) = read_checkpoint(dir)?;
         restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
         // Re-sync the readable copy (stale if the kill fell between the two renames) and
         // forget the training curve past the checkpoint.
@@ -396,6 +392,17 @@ fn save_checkpoint(
 
 /// Name of the u8 tensor holding the [`CheckpointMeta`] JSON inside the tensor file.
 const META_TENSOR: &str = "meta.json";
+
+/// The tensors and counters of the run folder `dir`'s checkpoint.
+fn read_checkpoint(dir: &Path) -> Result<(Vec<(String, Tensor)>, CheckpointMeta)> {
+    let ckpt = dir.join("checkpoint.safetensors");
+    if !ckpt.exists() {
+        bail!("{} has no checkpoint ({})", dir.display(), ckpt.display());
+    }
+    let tensors = load_tensors(&ckpt)?;
+    let meta = checkpoint_meta(&tensors, &dir.join("checkpoint.json"))?;
+    Ok((tensors, meta))
+}
 
 /// The checkpoint's counters: from the tensor file's embedded JSON when present (it is
 /// written in the same atomic rename as the tensors), else from `checkpoint.json` (files
@@ -699,12 +706,7 @@ fn open_run(
     let res = cfg.validate()?;
     lv_nets::set_threads(res.cfg.threads);
     let built = build(&res)?;
-    let ckpt = dir.join("checkpoint.safetensors");
-    if !ckpt.exists() {
-        bail!("{} has no checkpoint ({})", dir.display(), ckpt.display());
-    }
-    let tensors = load_tensors(&ckpt)?;
-    let meta = checkpoint_meta(&tensors, &dir.join("checkpoint.json"))?;
+    let (tensors, meta) = read_checkpoint(dir)?;
     let ema: Vec<(String, Tensor)> = tensors
         .iter()
         .filter_map(|(k, t)| {
