@@ -118,6 +118,30 @@ impl Default for EvalConfig {
     }
 }
 
+impl EvalConfig {
+    /// Checks the sizes; errors name the key as `{prefix}n` etc.
+    pub fn check(&self, prefix: &str) -> Result<()> {
+        use lv_core::check::{count, MAX_COUNT};
+        count(&format!("{prefix}n"), self.n, 1, MAX_COUNT)?;
+        count(&format!("{prefix}chunk"), self.chunk, 1, MAX_COUNT)?;
+        count(&format!("{prefix}every"), self.every, 0, MAX_COUNT)?;
+        count(&format!("{prefix}n_during"), self.n_during, 1, MAX_COUNT)?;
+        count(&format!("{prefix}n_metrics"), self.n_metrics, 2, MAX_COUNT)?;
+        count(
+            &format!("{prefix}n_sinkhorn_sde"),
+            self.n_sinkhorn_sde,
+            2,
+            MAX_COUNT,
+        )?;
+        Ok(())
+    }
+}
+
+/// Most Euler steps of a grid (`sde.steps`).
+pub const MAX_SDE_STEPS: usize = 1_000_000;
+/// Most libtorch threads (`threads`, `--threads`).
+pub const MAX_THREADS: usize = 1024;
+
 /// A validated configuration: parsed names and checked numbers.
 pub struct Resolved {
     pub cfg: RunConfig,
@@ -136,14 +160,26 @@ impl RunConfig {
 
     /// [`RunConfig::load`] from text.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value = toml::from_str(text).context("invalid TOML")?;
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            // One line: the message and where, without toml's multi-line source snippet.
+            let at = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map_or(String::new(), |(l, c)| format!(" at line {l}, column {c}"));
+            anyhow::anyhow!("invalid TOML{at}: {}", e.message().trim())
+        })?;
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let cfg: RunConfig = value
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))
-            .context("invalid configuration")?;
+        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.into_inner().message().trim().replace('\n', " ");
+            if path.is_empty() || path == "." {
+                anyhow::anyhow!("invalid configuration: {msg}")
+            } else {
+                anyhow::anyhow!("invalid configuration: key `{path}`: {msg}")
+            }
+        })?;
         Ok(cfg)
     }
 
@@ -161,44 +197,59 @@ impl RunConfig {
                 );
             }
         }
+        use lv_core::check::{count, MAX_COUNT};
+        self.train.check("train.")?;
+        self.model.check("model.")?;
+        self.ema.check("ema.")?;
+        self.eval.check("eval.")?;
+        count("sde.steps", self.sde.steps, 1, MAX_SDE_STEPS)?;
+        count("lv_traj_k", self.lv_traj_k, 1, MAX_COUNT)?;
+        count("threads", self.threads, 0, MAX_THREADS)?;
+        count("checkpoint_every", self.checkpoint_every, 1, MAX_COUNT)?;
+        count("log_every", self.log_every, 1, MAX_COUNT)?;
         let t = &self.train;
-        if t.steps == 0 {
-            bail!("key `train.steps` must be ≥ 1");
-        }
-        if t.batch < 2 {
-            bail!("key `train.batch` must be ≥ 2 (got {})", t.batch);
-        }
         if let LossKind::LvTraj { k } = loss {
-            if t.batch % k != 0 {
+            if !t.batch.is_multiple_of(k) {
                 bail!(
                     "key `train.batch` ({}) must be a multiple of `lv_traj_k` ({k})",
                     t.batch
                 );
             }
+            if t.initial_repeats != 1 && t.initial_repeats != k {
+                bail!(
+                    "key `train.initial_repeats` ({}) conflicts with `lv_traj_k` ({k}): for `lv_traj` the K of the loss sets the repeats",
+                    t.initial_repeats
+                );
+            }
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            bail!("key `train.lr` must be a positive number (got {})", t.lr);
+        let (d, m) = (target.dim(), &self.model.mlp);
+        let (width, layers, freqs) = (m.width as usize, m.num_layers, m.num_freqs as usize);
+        let rows = (t.batch / t.initial_repeats.max(1)).max(1) * t.initial_repeats.max(1);
+        if self.device == DeviceChoice::Cpu {
+            let per_row = crate::memory::train_bytes_per_row(d, width, layers, freqs);
+            crate::memory::ensure_fits(
+                &format!(
+                    "training (batch {} × {} steps, d = {d}, width {width})",
+                    t.batch, self.sde.steps
+                ),
+                crate::memory::train_bytes(rows, self.sde.steps, per_row),
+                "lower `train.batch` or `sde.steps`",
+            )?;
         }
-        if t.explore_scale < 1.0 {
-            bail!(
-                "key `train.explore_scale` must be ≥ 1 (got {})",
-                t.explore_scale
-            );
-        }
+        let e = &self.eval;
+        crate::memory::ensure_fits(
+            &format!(
+                "evaluation (eval.n = {}, eval.chunk = {}, eval.n_metrics = {})",
+                e.n, e.chunk, e.n_metrics
+            ),
+            crate::memory::eval_bytes(e.n, e.chunk, d, width, e.n_metrics, e.n_sinkhorn_sde),
+            "lower `eval.n`, `eval.chunk` or `eval.n_metrics`",
+        )?;
         if t.explore_scale > 1.0 && !loss.detached() {
             bail!(
                 "key `train.explore_scale`: off-policy exploration is valid for the LV family only, not for `{}`",
                 loss.name()
             );
-        }
-        if self.sde.steps == 0 {
-            bail!("key `sde.steps` must be ≥ 1");
-        }
-        if self.model.clip_model <= 0.0 || self.model.clip_score <= 0.0 {
-            bail!("keys `model.clip_model` and `model.clip_score` must be positive");
-        }
-        if self.eval.n == 0 || self.eval.chunk == 0 {
-            bail!("keys `eval.n` and `eval.chunk` must be ≥ 1");
         }
         match self.control.as_deref() {
             None | Some("default") | Some("clipped") => {}
@@ -240,6 +291,18 @@ impl RunConfig {
             loss,
         })
     }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
 }
 
 /// Applies one `a.b.c=value` override to a TOML tree.

@@ -4,13 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lv_nets::{select_device, set_threads, DeviceChoice, RuntimeInfo};
 
-mod bench_step;
-mod cli_metrics;
-mod cli_targets;
-mod config;
-mod plots;
-mod run;
-mod tables;
+use lv_bench::{bench_step, cli_metrics, cli_targets, run, tables};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +62,14 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if t > lv_bench::config::MAX_THREADS {
+            anyhow::bail!(
+                "--threads must be in [0, {}] (got {t})",
+                lv_bench::config::MAX_THREADS
+            );
+        }
+    }
     lv_core::par::tune_allocator();
     let seed = cli.seed.unwrap_or(1);
     set_threads(cli.threads.unwrap_or(1));

@@ -211,9 +211,26 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
     };
     let res = cfg.validate()?;
     lv_nets::set_threads(res.cfg.threads);
+    if resume && !dir.join("checkpoint.safetensors").exists() {
+        bail!(
+            "{} has no checkpoint to resume from (checkpoint.safetensors)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating run folder {}", dir.display()))?;
+    // One writer per folder, held until this process exits.
+    let _lock = crate::lock::lock_run(&dir)?;
     if !resume {
+        for f in ["config.toml", "checkpoint.safetensors"] {
+            if dir.join(f).exists() {
+                bail!(
+                    "run folder {} already holds a run ({f}); continue it with `lv train --resume {}`, or train into another --out",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
         let text = toml::to_string_pretty(&res.cfg)?;
         write_atomic(&dir.join("config.toml"), text.as_bytes())?;
     }
@@ -342,7 +359,7 @@ fn train_built(
     let counters = trainer.counters.clone();
     drop(trainer);
     ema.swap_in();
-    let results = evaluate_run(res, b, dir, seconds, &counters)?;
+    let results = evaluate_run(res, b, dir, seconds, &counters, true)?;
     ema.swap_out();
     if !quiet {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -523,14 +540,15 @@ fn controls_of(b: &Built) -> Controls<'_> {
 }
 
 /// The final evaluation of a run with the weights currently in the VarStore (the caller
-/// swaps the EMA weights in): log Z (IS, ELBO), ESS, sample metrics; writes results.json
-/// and samples.npy.
+/// swaps the EMA weights in): log Z (IS, ELBO), ESS, sample metrics; with `write`, writes
+/// results.json, samples.npy and the plots into `dir`.
 fn evaluate_run(
     res: &Resolved,
     b: &Built,
     dir: &Path,
     seconds: f64,
     counters: &Counters,
+    write: bool,
 ) -> Result<serde_json::Value> {
     let cfg = &res.cfg;
     tch::manual_seed(step_seed(cfg.seed, usize::MAX >> 1));
@@ -544,8 +562,10 @@ fn evaluate_run(
     );
     let (ev, samples) = (out.estimates, out.samples);
     let all = to_array(&samples)?;
-    ndarray_npy::write_npy(dir.join("samples.npy"), &all.mapv(|v| v as f32))
-        .with_context(|| format!("writing {}", dir.join("samples.npy").display()))?;
+    if write {
+        ndarray_npy::write_npy(dir.join("samples.npy"), &all.mapv(|v| v as f32))
+            .with_context(|| format!("writing {}", dir.join("samples.npy").display()))?;
+    }
     // Sample metrics use the finite samples only; the count of the others is reported.
     let finite: Vec<usize> = (0..all.nrows())
         .filter(|&i| all.row(i).iter().all(|v| v.is_finite()))
@@ -563,44 +583,38 @@ fn evaluate_run(
     let o = out.as_object_mut().expect("object");
     let log_z = b.target.log_z();
     o.insert("log_z_ref".into(), serde_json::json!(log_z));
-    o.insert(
-        "log_z_error_is".into(),
-        serde_json::json!(log_z.map(|z| (ev.log_z_is - z).abs())),
-    );
-    o.insert(
-        "log_z_error_elbo".into(),
-        serde_json::json!(log_z.map(|z| (ev.log_z_elbo - z).abs())),
-    );
+    // Absolute and relative errors of the three estimates (spec §4):
+    // abs = |p − log Z_ref|, rel = abs / (|log Z_ref| + 1e-8).
+    for (key, p) in [
+        ("is", ev.log_z_is),
+        ("elbo", ev.log_z_elbo),
+        ("lb_ito", ev.log_z_lb_ito),
+    ] {
+        let abs = log_z.map(|z| (p - z).abs());
+        let rel = log_z.map(|z| (p - z).abs() / (z.abs() + 1e-8));
+        o.insert(format!("log_z_error_{key}"), serde_json::json!(abs));
+        o.insert(format!("rel_error_{key}"), serde_json::json!(rel));
+    }
     o.insert(
         "non_finite_samples".into(),
         serde_json::json!(non_finite_samples),
     );
-    let reference = if x.nrows() >= 2 {
-        reference_samples(b.target.as_ref(), cfg.eval.n_metrics.max(2))
-    } else {
-        None
-    };
-    if let Some(reference) = reference {
-        let reference = reference?;
-        let n = cfg.eval.n_metrics.min(x.nrows()).min(reference.nrows());
-        let a = lv_metrics::report::subsample(&x, n, cfg.seed);
-        let r = lv_metrics::report::subsample(&reference, n, cfg.seed + 1);
-        let opts = lv_metrics::ReportOptions {
-            max_sinkhorn_sde: cfg.eval.n_sinkhorn_sde,
-            seed: cfg.seed,
-            particles: (cfg.target == "dw4").then_some(4),
-            ..Default::default()
-        };
-        let rep = lv_metrics::compute_report(&a, &r, &opts)?;
-        if let serde_json::Value::Object(m) = serde_json::to_value(&rep)? {
+    if x.nrows() >= 2 {
+        if let Some(m) = sample_metrics(b.target.as_ref(), &x, &cfg.eval, cfg.seed)? {
             o.extend(m);
         }
-        let se = lv_metrics::std_errors_vs_samples(x.view(), reference.view())?;
+        let (stds, source) = reference_stds(b.target.as_ref())?;
+        let se = lv_metrics::std_errors(x.view(), &stds)?;
         o.insert(
             "avg_marginal_stddev".into(),
             serde_json::json!(se.avg_marginal_stddev),
         );
         o.insert("avg_stddev".into(), serde_json::json!(se.avg_stddev));
+        o.insert(
+            "stddev_error_per_coordinate".into(),
+            serde_json::json!(se.per_coordinate),
+        );
+        o.insert("stddev_reference".into(), serde_json::to_value(&source)?);
     }
     if let Some(centres) = lv_targets::mode_centres(&cfg.target).filter(|_| x.nrows() > 0) {
         let c = Array2::from_shape_vec(
@@ -610,14 +624,123 @@ fn evaluate_run(
         let cov = lv_metrics::mode_coverage(x.view(), c.view(), None)?;
         o.insert("mode_coverage".into(), serde_json::to_value(&cov)?);
     }
-    write_atomic(
-        &dir.join("results.json"),
-        serde_json::to_string_pretty(&out)?.as_bytes(),
-    )?;
-    if x.nrows() > 0 {
-        write_plots(cfg, b, &x, dir)?;
+    if write {
+        write_atomic(
+            &dir.join("results.json"),
+            serde_json::to_string_pretty(&out)?.as_bytes(),
+        )?;
+        if x.nrows() > 0 {
+            write_plots(cfg, b, &x, dir)?;
+        }
     }
     Ok(out)
+}
+
+/// The sample metrics of model samples `x` against the target's reference (fresh exact
+/// samples, or the shipped set), each on the number of samples its config key names: W2,
+/// the debiased Sinkhorn divergence and the MMDs on `eval.n_metrics`, the sde_sampler
+/// Sinkhorn on `eval.n_sinkhorn_sde` (spec §10: 1e5 against 1e5 fresh exact samples; the
+/// streaming solver needs O(n·d) memory). Fresh reference samples number
+/// max(n_metrics, n_sinkhorn_sde); each metric subsamples both sets (seeded, without
+/// replacement) to its size, so a set smaller than the key gives a smaller size, which the
+/// `metric_sizes` entry of the result records. `None` when the target has no reference.
+pub fn sample_metrics(
+    target: &dyn Target,
+    x: &Array2<f64>,
+    eval: &crate::config::EvalConfig,
+    seed: u64,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    let n_ref = eval.n_metrics.max(eval.n_sinkhorn_sde);
+    let Some(reference) = reference_samples(target, n_ref) else {
+        return Ok(None);
+    };
+    let reference = reference?;
+    let opts = lv_metrics::ReportOptions {
+        max_exact: eval.n_metrics,
+        max_sinkhorn_div: eval.n_metrics,
+        max_mmd: eval.n_metrics,
+        max_sinkhorn_sde: eval.n_sinkhorn_sde,
+        seed,
+        particles: target.zero_com().map(|z| z.particles),
+        ..Default::default()
+    };
+    let rep = lv_metrics::compute_report(x, &reference, &opts)?;
+    match serde_json::to_value(&rep)? {
+        serde_json::Value::Object(m) => Ok(Some(m)),
+        _ => bail!("the metrics report is not a JSON object"),
+    }
+}
+
+/// Where the s_k of the Δstd metrics come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StdReference {
+    /// The target's exact stds ([`Target::marginal_stds`]).
+    Exact,
+    /// The unbiased std of `n` reference samples (exact samples with a fixed seed, or the
+    /// whole shipped set).
+    Samples { n: usize },
+}
+
+/// Exact samples drawn for the Δstd reference when the target knows no exact stds (spec §9:
+/// 1e6), with a fixed seed so every run of a target compares against the same s_k.
+pub const STD_REFERENCE_SAMPLES: usize = 1_000_000;
+const STD_REFERENCE_SEED: i64 = 0x5EED_0057D;
+
+/// The s_k of the Δstd metrics (spec §10): exact where the target knows them, else the
+/// unbiased std of [`STD_REFERENCE_SAMPLES`] exact samples (fixed seed, drawn in chunks,
+/// accumulated in f64), else of the shipped reference set. Errors when the target has none.
+pub fn reference_stds(target: &dyn Target) -> Result<(Vec<f64>, StdReference)> {
+    if let Some(s) = target.marginal_stds() {
+        return Ok((s, StdReference::Exact));
+    }
+    let d = target.dim();
+    if let Some(sampler) = target.sampler() {
+        tch::manual_seed(STD_REFERENCE_SEED);
+        let (mut sum, mut sq) = (vec![0.0f64; d], vec![0.0f64; d]);
+        // Shifted sums (by the first chunk's mean) keep the variance accurate in f64.
+        let mut shift: Option<Vec<f64>> = None;
+        let chunk = 100_000;
+        let mut done = 0;
+        while done < STD_REFERENCE_SAMPLES {
+            let m = chunk.min(STD_REFERENCE_SAMPLES - done);
+            let x = to_array(&sampler.sample(m, Device::Cpu))?;
+            let c = shift.get_or_insert_with(|| {
+                x.mean_axis(ndarray::Axis(0))
+                    .map(|v| v.to_vec())
+                    .unwrap_or_else(|| vec![0.0; d])
+            });
+            for row in x.rows() {
+                for k in 0..d {
+                    let v = row[k] - c[k];
+                    sum[k] += v;
+                    sq[k] += v * v;
+                }
+            }
+            done += m;
+        }
+        let n = STD_REFERENCE_SAMPLES as f64;
+        let s = (0..d)
+            .map(|k| ((sq[k] - sum[k] * sum[k] / n) / (n - 1.0)).max(0.0).sqrt())
+            .collect();
+        return Ok((
+            s,
+            StdReference::Samples {
+                n: STD_REFERENCE_SAMPLES,
+            },
+        ));
+    }
+    match target.reference_samples() {
+        Some(r) => {
+            let r = to_array(&r?)?;
+            let s = lv_metrics::marginals::unbiased_std(r.view())?.to_vec();
+            Ok((s, StdReference::Samples { n: r.nrows() }))
+        }
+        None => bail!(
+            "target `{}` has neither exact stds, an exact sampler nor reference samples",
+            target.name()
+        ),
+    }
 }
 
 /// The sample plot (`samples.png`: density and samples for 2-D targets, first two marginals
@@ -718,19 +841,61 @@ fn open_run(
     Ok((res, built, meta))
 }
 
-/// `lv eval RUN`: evaluates the run's EMA weights again and rewrites results.json.
+/// `lv eval RUN`: evaluates the run's EMA weights again and rewrites results.json. While a
+/// trainer holds the folder ([`crate::lock`]), it evaluates the latest checkpoint, prints the
+/// results and writes nothing into the folder (its results belong to the trainer).
 pub fn eval(args: &EvalArgs, ov: &Overrides) -> Result<()> {
+    if !args.run.join("config.toml").exists() {
+        bail!(
+            "{} is not a run folder (no config.toml)",
+            args.run.display()
+        );
+    }
+    let lock = crate::lock::lock_run(&args.run).ok();
     let (res, built, meta) = open_run(&args.run, &args.set, ov)?;
-    let results = evaluate_run(&res, &built, &args.run, meta.seconds, &meta.counters)?;
+    if lock.is_none() {
+        eprintln!(
+            "{} is being trained: evaluating its checkpoint at step {} without writing into the folder",
+            args.run.display(),
+            meta.counters.step
+        );
+    }
+    let results = evaluate_run(
+        &res,
+        &built,
+        &args.run,
+        meta.seconds,
+        &meta.counters,
+        lock.is_some(),
+    )?;
     println!("{}", serde_json::to_string_pretty(&results)?);
     Ok(())
 }
 
 /// `lv sample RUN -n N --out FILE.npy`.
 pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
+    if args.n == 0 || args.n > lv_core::check::MAX_COUNT {
+        bail!(
+            "-n must be in [1, {}] (got {})",
+            lv_core::check::MAX_COUNT,
+            args.n
+        );
+    }
+    if !args.run.join("config.toml").exists() {
+        bail!(
+            "{} is not a run folder (no config.toml)",
+            args.run.display()
+        );
+    }
     let (res, built, _) = open_run(&args.run, &[], ov)?;
+    let d = built.target.dim();
+    crate::memory::ensure_fits(
+        &format!("{} samples of dimension {d}", args.n),
+        (args.n as u64).saturating_mul(d as u64).saturating_mul(24),
+        "lower -n",
+    )?;
     tch::manual_seed(ov.seed.unwrap_or(res.cfg.seed) as i64);
-    let d = built.target.dim() as i64;
+    let d = d as i64;
     let mut parts = Vec::new();
     let mut done = 0;
     while done < args.n {

@@ -541,9 +541,12 @@ fn render_markdown(
     }
     out += "\nKeys: `log_z_error_is` = |log Ẑ_IS − log Z| (importance sampling, with Itô term), \
             `log_z_error_elbo` = |ELBO − log Z| (second pass, no Itô term), `ess` = normalised ESS, \
-            `avg_marginal_stddev` = mean_k |ŝ_k − s_k| against exact samples, `sinkhorn_sde` = the \
-            sde_sampler convention (Euclidean cost, ε = 1e-3, 100 iterations) on the number of samples \
-            in the config's `eval.n_sinkhorn_sde`, not the paper's 1e5.\n";
+            `avg_marginal_stddev` = mean_k |ŝ_k − s_k| with the target's exact s_k (analytic or by \
+            quadrature; else the std of 1e6 exact samples with a fixed seed, recorded as \
+            `stddev_reference` in results.json), `sinkhorn_sde` = the sde_sampler convention \
+            (Euclidean cost, ε = 1e-3, 100 iterations) on `eval.n_sinkhorn_sde` model samples against \
+            as many fresh exact samples (the sizes used are `metric_sizes` in results.json; the \
+            paper preset uses 1e5, as the paper).\n";
     Ok(out)
 }
 

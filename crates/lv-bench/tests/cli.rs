@@ -341,3 +341,91 @@ fn sub_trajectory_training_runs_and_is_validated() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("train.subtraj"));
 }
+
+#[test]
+fn second_writer_is_refused_and_readers_work_while_training() {
+    let dir = tmp("lock");
+    let cfg = write_config(
+        &dir,
+        &TINY
+            .replace("steps = 6\n", "steps = 3000\n")
+            .replace("checkpoint_every = 2", "checkpoint_every = 20")
+            .replace("every = 3\n", "every = 0\n"),
+    );
+    let run = dir.join("run");
+    let mut first = lv()
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint (the trainer holds the lock from before its first step).
+    let t0 = std::time::Instant::now();
+    while !run.join("checkpoint.safetensors").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let config_before = std::fs::read(run.join("config.toml")).unwrap();
+    let refused = |args: &[&str]| {
+        let out = lv().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), err)
+    };
+    let run_s = run.display().to_string();
+    let cfg_s = cfg.display().to_string();
+    for args in [
+        vec!["train", "--quiet", "--config", &cfg_s, "--out", &run_s],
+        vec!["train", "--quiet", "--resume", &run_s],
+    ] {
+        let (code, err) = refused(&args);
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first trainer finished before the check; make the run longer"
+        );
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("in use by another `lv train`"),
+            "{args:?}: {err}"
+        );
+    }
+    // Readers: sampling and evaluating the latest checkpoint while it trains.
+    let s = dir.join("s.npy");
+    let (code, err) = refused(&[
+        "sample",
+        &run_s,
+        "-n",
+        "7",
+        "--out",
+        &s.display().to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = refused(&["eval", &run_s, "--set", "eval.n=32"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("being trained"), "{err}");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first trainer finished too early"
+    );
+    assert!(
+        !run.join("results.json").exists(),
+        "lv eval wrote into a training folder"
+    );
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    // Nothing duplicated or lost: one loss line per step 1..=3000, the config untouched.
+    assert_eq!(
+        std::fs::read(run.join("config.toml")).unwrap(),
+        config_before
+    );
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=3000).collect::<Vec<u64>>());
+    assert!(run.join("results.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

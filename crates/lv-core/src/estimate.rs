@@ -40,24 +40,51 @@ pub fn unbiased_var(a: &[f64]) -> f64 {
 }
 
 /// The estimates of one evaluation.
-#[derive(Clone, Debug, Serialize)]
+///
+/// **Non-finite R.** A trajectory whose pass-1 R is NaN or ±∞ gets importance weight zero:
+/// log Ẑ_IS and the ESS both divide by all n trajectories, so they agree on what the weights
+/// are (log Ẑ_IS = log((1/n)·Σ_{finite} e^{−R_i}), ESS = (Σw)²/(n·Σw²)). The means (the Itô
+/// bound, the ELBO) and Var(R) cannot include an infinite value: they are over the finite R of
+/// their pass. `non_finite` counts the pass-1 trajectories left out.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Evaluation {
-    /// log Ẑ_IS = log mean exp(−R_i), pass 1 (with Itô term).
+    /// log Ẑ_IS = log((1/n)·Σ_i exp(−R_i)), pass 1 (with Itô term); non-finite R weigh 0.
     pub log_z_is: f64,
-    /// mean(−R_i), pass 1 (the Itô lower bound).
+    /// mean(−R_i) over the finite R of pass 1 (the Itô lower bound).
     pub log_z_lb_ito: f64,
-    /// mean(−R_i), pass 2 (no Itô term): the ELBO.
+    /// mean(−R_i) over the finite R of pass 2 (no Itô term): the ELBO.
     pub log_z_elbo: f64,
-    /// Normalised ESS of the pass-1 weights.
+    /// Normalised ESS (Σw)²/(n·Σw²) of the pass-1 weights, non-finite R weighing 0.
     pub ess: f64,
-    /// Var(R), pass 1 (unbiased).
+    /// Var(R) over the finite R of pass 1 (unbiased, divisor n_finite − 1).
     pub lv: f64,
     /// Number of trajectories.
     pub n: usize,
-    /// Trajectories with non-finite R (left out of every estimate).
+    /// Pass-1 trajectories with non-finite R (weight zero; left out of the means).
     pub non_finite: usize,
     /// Seconds of pass 2 (the timed pass of the spec).
     pub sample_seconds: f64,
+}
+
+impl Evaluation {
+    /// The estimates from the log-weights −R_i of pass 1 (`neg_r1`, with Itô term) and pass 2
+    /// (`neg_r2`, without), with the conventions of the type docs.
+    pub fn from_log_weights(neg_r1: &[f64], neg_r2: &[f64], sample_seconds: f64) -> Self {
+        let n = neg_r1.len();
+        let finite1: Vec<f64> = neg_r1.iter().cloned().filter(|x| x.is_finite()).collect();
+        let finite2: Vec<f64> = neg_r2.iter().cloned().filter(|x| x.is_finite()).collect();
+        let share = finite1.len() as f64 / n as f64;
+        Evaluation {
+            log_z_is: log_mean_exp(&finite1) + share.ln(),
+            log_z_lb_ito: finite1.iter().sum::<f64>() / finite1.len() as f64,
+            log_z_elbo: finite2.iter().sum::<f64>() / finite2.len() as f64,
+            ess: normalised_ess(&finite1) * share,
+            lv: unbiased_var(&finite1),
+            n,
+            non_finite: n - finite1.len(),
+            sample_seconds,
+        }
+    }
 }
 
 /// Evaluation output: estimates plus the pass-1 terminal samples `[n, d]` (CPU, float32).
@@ -111,19 +138,7 @@ pub fn evaluate(
         });
         done += m as usize;
     }
-    let finite1: Vec<f64> = neg_r1.iter().cloned().filter(|x| x.is_finite()).collect();
-    let finite2: Vec<f64> = neg_r2.iter().cloned().filter(|x| x.is_finite()).collect();
-    let non_finite = n - finite1.len();
-    let estimates = Evaluation {
-        log_z_is: log_mean_exp(&finite1),
-        log_z_lb_ito: finite1.iter().sum::<f64>() / finite1.len() as f64,
-        log_z_elbo: finite2.iter().sum::<f64>() / finite2.len() as f64,
-        ess: normalised_ess(&finite1) * finite1.len() as f64 / n as f64,
-        lv: unbiased_var(&finite1),
-        n,
-        non_finite,
-        sample_seconds,
-    };
+    let estimates = Evaluation::from_log_weights(&neg_r1, &neg_r2, sample_seconds);
     EvalOutput {
         estimates,
         samples: Tensor::cat(&samples, 0),
@@ -149,5 +164,23 @@ mod tests {
         // weights 1, 3: ESS = 16/10 → normalised 0.8.
         assert!((normalised_ess(&b) - 0.8).abs() < 1e-12);
         assert!((log_mean_exp(&[1000.0, 1000.0]) - 1000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn non_finite_weights_count_as_zero_in_is_and_ess() {
+        // Weights 1, 3, and two trajectories with non-finite R (NaN, R = +∞): both weigh 0,
+        // so Ẑ_IS = (1 + 3 + 0 + 0)/4 = 1 and ESS = 4²/(4·(1 + 9)) = 0.4.
+        let neg_r1 = [0.0, 3f64.ln(), f64::NAN, f64::NEG_INFINITY];
+        let neg_r2 = [1.0, 2.0, f64::NAN, 3.0];
+        let e = Evaluation::from_log_weights(&neg_r1, &neg_r2, 0.0);
+        assert!(e.log_z_is.abs() < 1e-12, "{}", e.log_z_is);
+        assert!((e.ess - 0.4).abs() < 1e-12, "{}", e.ess);
+        assert_eq!((e.n, e.non_finite), (4, 2));
+        assert!((e.log_z_lb_ito - 3f64.ln() / 2.0).abs() < 1e-12);
+        assert!((e.log_z_elbo - 2.0).abs() < 1e-12);
+        // All finite: the plain estimators.
+        let e = Evaluation::from_log_weights(&[0.0, 3f64.ln()], &[0.0, 0.0], 0.0);
+        assert!((e.log_z_is - 2f64.ln()).abs() < 1e-12);
+        assert!((e.ess - 0.8).abs() < 1e-12);
     }
 }

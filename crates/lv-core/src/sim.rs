@@ -7,13 +7,28 @@
 //! - The trajectory is driven by w: w = u (KL, evaluation; gradient through X), or
 //!   w = stopgrad(u) (LV; X carries no graph and the loss sees the live u at X_k).
 //! - **Off-policy behaviour** (LV only): the state may be driven by a wider noise,
-//!   X_{k+1} = X_k + (μ_k + σ_k w_k)Δ_k + λσ_k ΔW_k with λ ≥ 1. The discrete-time log-RND of
-//!   the generative vs the reference transition kernels (both with variance σ_k²Δ_k) on such a
-//!   path is the usual LV expression with ΔW_k replaced by the *implied* generative increment
-//!   ΔŴ_k = (X_{k+1} − X_k − (μ_k + σ_k w_k)Δ_k)/σ_k = λΔW_k:
-//!   Σ_k (u_k − r_k)·(w_k − ½(u_k + r_k))Δ_k + (u_k − r_k)·ΔŴ_k (form 3.3), and likewise with
-//!   u + v and w − ½(u − v) for form 3.2 and with β_k²σ² and σβ_k λξ_k for form 3.4. LV is a
-//!   valid divergence for any such path measure (spec §2, "off-policy view"); KL is not.
+//!   X_{k+1} = X_k + (μ_k + σ_k w_k)Δ_k + λσ_k ΔW_k with λ ≥ 1. R stays the log-ratio of the
+//!   generative and the inference (or reference) transition kernels, both with variance
+//!   σ_k²Δ_k, now evaluated on such a path; it is the usual LV expression with ΔW_k replaced
+//!   by the *implied* generative increment ΔŴ_k = (X_{k+1} − X_k − (μ_k + σ_k w_k)Δ_k)/σ_k
+//!   = λΔW_k, and, for the bridge, with the ∇·v term scaled by λ²:
+//!   - form 3.3 (two forward kernels at X_k):
+//!     Σ_k (u_k − r_k)·(w_k − ½(u_k + r_k))Δ_k + (u_k − r_k)·ΔŴ_k, exactly;
+//!   - form 3.4: β_k²σ² and σβ_k λξ_k in place of Δ_k and ΔW_k, exactly;
+//!   - form 3.2: Σ_k (u_k + v_k)·(w_k − ½(u_k − v_k))Δ_k + (u_k + v_k)·ΔŴ_k plus
+//!     λ²σ_k(∇·v)(t_k, X_k)Δ_k, to first order in Δ. The inference kernel runs backwards,
+//!     X_k ~ N(X_{k+1} + (σ_{k+1}v(t_{k+1}, X_{k+1}) − μ_{k+1})Δ_k, σ_{k+1}²Δ_k), so for
+//!     constant σ (μ-terms aside) log p_fwd − log q_bwd is
+//!     ΔX_k·(u_k + v(X_{k+1}))/σ + ½(|v(X_{k+1})|² − |u_k|²)Δ_k. Expanding
+//!     v(X_{k+1}) = v_k + J_v ΔX_k + … leaves the left-point expression plus
+//!     ΔX_kᵀ J_v ΔX_k/σ, whose sum tends to the quadratic variation
+//!     Σ λ²σ_k²Δ_k tr J_v/σ_k = Σ λ²σ_k(∇·v)Δ_k, the behaviour increment having covariance
+//!     λ²σ_k²Δ_k I. With λ = 1 this is the on-policy σ_k(∇·v)Δ_k. (The ∇·μ term D_k scales
+//!     alike but enters evaluation only, where λ = 1.) With the on-policy coefficient instead,
+//!     the per-path error would tend to (λ² − 1)∫σ∇·v dt, not to 0.
+//!
+//!   LV is a valid divergence for any such path measure (spec §2, "off-policy view"); KL is
+//!   not.
 
 use crate::control::{divergence_exact, divergence_hutchinson, Control};
 use crate::method::{Method, RndForm};
@@ -127,7 +142,8 @@ impl SimOptions {
 /// and the Itô part's coefficient: the implied increment λΔW_k (forms 3.2, 3.3) or
 /// σβ_kλξ_k (form 3.4). So ∂R/∂θ = Σ_k ⟨coef_k, ∂u_k/∂θ⟩ per trajectory, and for a loss L(R)
 /// ∇_θ L = ∂/∂θ Σ_k ⟨u_k, stopgrad(coef_k · ∂L/∂R)⟩: one backward pass through the N
-/// network evaluations of the simulation, no second forward pass.
+/// network evaluations of the simulation, no second forward pass. Only for methods without
+/// an inference control (asserted): v and its λ²σ(∇·v)Δ term would need their own graphs.
 pub struct KeptControls {
     /// u_k with its graph, `[n, d]` each.
     pub us: Vec<Tensor>,
@@ -167,6 +183,10 @@ pub struct Recording {
     pub dws: Tensor,
     /// The parameter-free part of R per trajectory `[n]` (prior, terminal terms).
     pub constant: Tensor,
+    /// λ of the behaviour process ([`SimOptions::noise_scale`]): the replayed ∇·v term of
+    /// the bridge is λ²σ_k(∇·v)Δ_k, as in the simulation (the noise terms are already in
+    /// `dws`).
+    pub noise_scale: f64,
     /// Batch size n.
     pub n: i64,
     /// The zero-centre-of-mass subspace of the target, if any: replayed controls are
@@ -258,7 +278,9 @@ fn host_mut(t: &Tensor) -> &mut [f32] {
 /// graph), fused over rows: returns X_{k+1} and ∂R/∂u_k, and adds the step's R terms to `r`,
 /// exactly as the tensor code of [`simulate_on`] does for each form (the quadratic term
 /// Σ_j (u−r)(w − ½(u+r)) Δ or its form-3.4 analogue, and the Itô term with the implied
-/// increment λΔW or λξ). Accumulates in float32 like the tensor path.
+/// increment λΔW or λξ). Accumulates in float32 like the tensor path. It never sees an
+/// inference control: kept controls require v = None (asserted in [`simulate_with_noise`]),
+/// so form 3.2 here is DIS (v ≡ 0) and has no λ²σ(∇·v)Δ term.
 fn fused_lv_update(
     form: RndForm,
     xk: &Tensor,
@@ -528,7 +550,9 @@ pub fn simulate_with_noise(
                 };
                 r += cost * dt;
                 if let Some(div) = div.as_ref() {
-                    r += div * (sigma * dt);
+                    // λ²σ_k(∇·v)Δ_k: the quadratic variation of the behaviour increment
+                    // (module doc); λ = 1 on-policy and in evaluation.
+                    r += div * (sigma * lam * lam * dt);
                 }
                 if mode.eval() {
                     r -= method.sde.div_drift_integral(t, t + dt, dim);
@@ -592,6 +616,7 @@ pub fn simulate_with_noise(
             ws: Tensor::cat(&rec_w, 0),
             dws: Tensor::cat(&rec_dw, 0),
             constant,
+            noise_scale: lam,
             n,
             zero_com: zc,
         }
@@ -667,6 +692,7 @@ pub fn replay_lv_steps(
         ws: rows(&rec.ws),
         dws: rows(&rec.dws),
         constant: rec.constant.shallow_clone(),
+        noise_scale: rec.noise_scale,
         n,
         zero_com: rec.zero_com,
     };
@@ -736,7 +762,9 @@ fn replay_terms(
             let cost = (&s * (&rec.ws - half)) * &dt + &s * &rec.dws;
             let mut per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
             if let Some(div) = div {
-                let sig = col(&|k| method.sde.sigma(rec.ts[k]));
+                // λ²σ_k(∇·v)Δ_k, as in `simulate_with_noise` (module doc).
+                let lam2 = rec.noise_scale * rec.noise_scale;
+                let sig = col(&|k| lam2 * method.sde.sigma(rec.ts[k]));
                 per_row += div * (sig * dt).squeeze_dim(1);
             }
             sum_per_traj(per_row)
@@ -766,4 +794,148 @@ pub fn kept_mask(rnd: &Tensor, max_rnd: Option<f64>) -> Tensor {
         m = m.logical_and(&rnd.lt(mx));
     }
     m.to_kind(Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::FnControl;
+    use crate::testing::{rng_lock, ScaledGauss};
+
+    /// Scale of the inference control v(t, x) = A·tanh(x) + 0.2t (elementwise), whose
+    /// divergence is ∇·v = A Σ_i (1 − tanh² x_i).
+    const A: f64 = 1.0;
+
+    fn u_fn(t: f64, x: &Tensor) -> Tensor {
+        x.sin() * 0.5 + t * 0.3
+    }
+
+    fn v_fn(t: f64, x: &Tensor) -> Tensor {
+        x.tanh() * A + t * 0.2
+    }
+
+    fn div_v(x: &Tensor) -> Tensor {
+        (-x.tanh().square() + 1.0).sum_dim_intlist([1i64].as_slice(), false, x.kind()) * A
+    }
+
+    /// log N(x; m, s² I) per row, without the constant −(d/2) log 2π.
+    fn log_normal(x: &Tensor, m: &Tensor, s2: f64) -> Tensor {
+        let d = x.size()[1] as f64;
+        rowdot(&(x - m), &(x - m)) * (-0.5 / s2) - 0.5 * d * s2.ln()
+    }
+
+    /// Per-trajectory values on one recorded off-policy path (float64): the exact log-ratio
+    /// of the discrete kernels, and the left-point form with the ∇·v term scaled by 1 (the
+    /// on-policy coefficient) or by λ².
+    struct Forms {
+        exact: Tensor,
+        old: Tensor,
+        new: Tensor,
+    }
+
+    /// Evaluates [`Forms`] on the path X_0 … X_N (`path[k]`: `[n, d]`, float64) of the
+    /// bridge (drift a(t)x, scalar σ(t)) with u = `u_fn`, v = `v_fn` and behaviour noise λσ:
+    /// - exact: Σ_k log N(X_{k+1}; X_k + (a_k X_k + σ_k u_k)Δ_k, σ_k²Δ_k)
+    ///   − log N(X_k; X_{k+1} + (σ_{k+1} v(t_{k+1}, X_{k+1}) − a_{k+1} X_{k+1})Δ_k, σ_{k+1}²Δ_k),
+    ///   the forward generative kernel against the backward Euler–Maruyama kernel of the
+    ///   inference SDE (spec §1.1; v at generative time, evaluated at the step's right end);
+    /// - forms: Σ_k (u_k + v_k)·(w_k − ½(u_k − v_k))Δ_k + (u_k + v_k)·ΔŴ_k + c σ_k(∇·v)_k Δ_k
+    ///   with w = u, the implied increment ΔŴ_k = (ΔX_k − (a_k X_k + σ_k w_k)Δ_k)/σ_k and
+    ///   c = 1 (old) or λ² (new).
+    fn forms(method: &Method, path: &[Tensor], lam: f64) -> Forms {
+        let pts = method.grid.points();
+        let n = path[0].size()[0];
+        let zeros = || Tensor::zeros([n], (Kind::Double, tch::Device::Cpu));
+        let (mut exact, mut old, mut new) = (zeros(), zeros(), zeros());
+        for k in 0..method.grid.steps() {
+            let (t0, t1, dt) = (pts[k], pts[k + 1], method.grid.dt(k));
+            let (s0, s1) = (method.sde.sigma(t0), method.sde.sigma(t1));
+            let (a0, a1) = (method.sde.drift_coef(t0), method.sde.drift_coef(t1));
+            let (x0, x1) = (&path[k], &path[k + 1]);
+            let u = u_fn(t0, x0);
+            let v = v_fn(t0, x0);
+            let v1 = v_fn(t1, x1);
+            let fwd = log_normal(x1, &(x0 + (x0 * a0 + &u * s0) * dt), s0 * s0 * dt);
+            let bwd = log_normal(x0, &(x1 + (&v1 * s1 - x1 * a1) * dt), s1 * s1 * dt);
+            exact += fwd - bwd;
+            let w = &u;
+            let dw_hat = (x1 - x0 - (x0 * a0 + w * s0) * dt) / s0;
+            let s = &u + &v;
+            let left = rowdot(&s, &(w - (&u - &v) * 0.5)) * dt + rowdot(&s, &dw_hat);
+            let div = div_v(x0) * (s0 * dt);
+            old += &left + &div;
+            new += left + div * (lam * lam);
+        }
+        Forms { exact, old, new }
+    }
+
+    /// Off-policy LV on the bridge (λ = 2, nonlinear v with ∇·v ≠ 0): R of the simulation
+    /// and of the batched replay equals the left-point form with λ²σ(∇·v)Δ, and that form
+    /// converges to the exact log-ratio of the discrete generative and inference kernels
+    /// along the sampled paths as Δ → 0 (mean |error| ∝ √Δ, mean error → 0). The form with
+    /// the on-policy σ(∇·v)Δ does not: its error tends to (λ² − 1)∫σ∇·v dt.
+    #[test]
+    fn off_policy_bridge_rnd_matches_exact_kernel_ratio() {
+        let _g = rng_lock();
+        let lam = 2.0;
+        let n = 256;
+        let d = 2;
+        let target = ScaledGauss {
+            dim: d,
+            mean: 0.0,
+            std: 1.0,
+            log_z: 0.0,
+        };
+        let u = FnControl(u_fn);
+        let v = FnControl(v_fn);
+        let controls = Controls::with_v(&u, &v);
+        let mut errs = Vec::new();
+        for steps in [50usize, 200, 800] {
+            tch::manual_seed(7);
+            let method = Method::bridge(steps).unwrap();
+            let x0 = method.prior.sample(n, d as i64, tch::Device::Cpu);
+            let mut opts = SimOptions::new(Mode::Lv);
+            opts.noise_scale = lam;
+            opts.record = true;
+            // Boundary terms are the same in every form; leave them out.
+            opts.boundary_terms = false;
+            let out = tch::no_grad(|| simulate(&method, &target, controls, &x0, opts));
+            let rec = out.recording.expect("recording requested");
+            let xs = rec
+                .xs
+                .to_kind(Kind::Double)
+                .reshape([steps as i64, n, d as i64]);
+            let mut path: Vec<Tensor> = (0..steps as i64).map(|k| xs.get(k)).collect();
+            path.push(out.x_final.to_kind(Kind::Double));
+            let f = forms(&method, &path, lam);
+            let rnd = out.rnd.to_kind(Kind::Double);
+            let max_abs = |a: &Tensor| a.abs().max().double_value(&[]);
+            let mean_abs = |a: &Tensor| a.abs().mean(Kind::Double).double_value(&[]);
+            let gap = max_abs(&(&rnd - &f.new));
+            assert!(gap < 2e-3, "N = {steps}: simulated R − λ²-form = {gap}");
+            if steps == 50 {
+                // The batched replay (same recording) carries λ too; one grid suffices.
+                let replayed = replay_lv(&method, &method.grid, controls, &rec);
+                let gap = max_abs(&(replayed.detach().to_kind(Kind::Double) - &rnd));
+                assert!(gap < 2e-3, "N = {steps}: replayed R − simulated R = {gap}");
+            }
+            let e_new = mean_abs(&(&f.new - &f.exact));
+            let e_old = mean_abs(&(&f.old - &f.exact));
+            let bias_new = (&f.new - &f.exact).mean(Kind::Double).double_value(&[]);
+            eprintln!(
+                "N = {steps}: mean |R − exact|: λ² form {e_new:.4}, old form {e_old:.4}; \
+                 mean (R − exact), λ² form {bias_new:.4}"
+            );
+            errs.push((e_new, e_old, bias_new));
+        }
+        let (coarse, fine) = (errs[0], errs[2]);
+        assert!(
+            fine.0 < coarse.0 / 2.5 && fine.0 < 0.25 && fine.2.abs() < 0.05,
+            "the λ² form must converge to the exact kernel ratio: {errs:?}"
+        );
+        assert!(
+            fine.1 > 0.8 * coarse.1 && fine.1 > 5.0 * fine.0,
+            "the on-policy ∇·v coefficient leaves a bias (λ² − 1)∫σ∇·v dt: {errs:?}"
+        );
+    }
 }

@@ -36,6 +36,17 @@ pub struct SubTrajSettings {
     pub max_rnd: f64,
 }
 
+impl SubTrajSettings {
+    /// Checks the settings; errors name the key as `{prefix}prob` etc.
+    pub fn check(&self, prefix: &str) -> anyhow::Result<()> {
+        use crate::check::{in_range, positive};
+        in_range(&format!("{prefix}prob"), self.prob, 0.0, 1.0)?;
+        positive(&format!("{prefix}prior_box"), self.prior_box)?;
+        positive(&format!("{prefix}scale"), self.scale)?;
+        positive(&format!("{prefix}max_rnd"), self.max_rnd)
+    }
+}
+
 impl Default for SubTrajSettings {
     fn default() -> Self {
         Self {

@@ -41,6 +41,13 @@ pub trait Target: Send + Sync {
     /// A box `(lo, hi)` per coordinate used for plots and the sub-trajectory domain.
     fn domain(&self) -> Vec<(f64, f64)>;
 
+    /// The exact standard deviation of each coordinate under ρ/Z (analytic or by quadrature),
+    /// where the target knows it: the s_k of the Δstd metrics (spec §10). Default: none (the
+    /// evaluation then estimates s_k from a large fixed reference sample).
+    fn marginal_stds(&self) -> Option<Vec<f64>> {
+        None
+    }
+
     /// The exact sampler, when the target has one.
     fn sampler(&self) -> Option<&dyn ExactSampler> {
         None
@@ -165,6 +172,9 @@ impl<T: Target> Target for CountingTarget<T> {
     }
     fn domain(&self) -> Vec<(f64, f64)> {
         self.inner.domain()
+    }
+    fn marginal_stds(&self) -> Option<Vec<f64>> {
+        self.inner.marginal_stds()
     }
     fn sampler(&self) -> Option<&dyn ExactSampler> {
         self.inner.sampler()

@@ -35,6 +35,11 @@ pub struct TrainSettings {
     pub steps: usize,
     /// Trajectories per step (for `lv_traj`: B·K).
     pub batch: usize,
+    /// Trajectories per initial point x₀ for every loss but `lv_traj` (whose K decides it):
+    /// each step draws `batch / initial_repeats` prior points and repeats each this many
+    /// times. 1 (default) draws `batch` independent points. The paper preset's KL runs use
+    /// 16, like its `lv_traj` runs (spec §7/§8: 128 initial points × K = 16).
+    pub initial_repeats: usize,
     pub lr: f64,
     /// Learning rate of the learned log Z of the moment loss.
     pub lr_log_z: f64,
@@ -102,6 +107,60 @@ pub struct TrainSettings {
     pub subtraj: Option<crate::subtraj::SubTrajSettings>,
 }
 
+impl TrainSettings {
+    /// Checks the settings (not their agreement with a loss or a method, which the caller
+    /// knows); errors name the key as `{prefix}steps` etc.
+    pub fn check(&self, prefix: &str) -> anyhow::Result<()> {
+        use crate::check::{count, in_range, non_negative, positive, MAX_COUNT};
+        let key = |k: &str| format!("{prefix}{k}");
+        count(&key("steps"), self.steps, 1, MAX_COUNT)?;
+        count(&key("batch"), self.batch, 2, MAX_COUNT)?;
+        count(&key("initial_repeats"), self.initial_repeats, 1, self.batch)?;
+        if !self.batch.is_multiple_of(self.initial_repeats) {
+            anyhow::bail!(
+                "key `{}` ({}) must be a multiple of `{}` ({})",
+                key("batch"),
+                self.batch,
+                key("initial_repeats"),
+                self.initial_repeats
+            );
+        }
+        positive(&key("lr"), self.lr)?;
+        positive(&key("lr_log_z"), self.lr_log_z)?;
+        non_negative(&key("weight_decay"), self.weight_decay)?;
+        if let Some((every, gamma)) = self.lr_schedule {
+            count(&key("lr_schedule[0]"), every, 1, MAX_COUNT)?;
+            positive(&key("lr_schedule[1]"), gamma)?;
+        }
+        for (name, v) in [
+            ("grad_clip", self.grad_clip),
+            ("max_rnd", self.max_rnd),
+            ("max_loss", self.max_loss),
+            ("max_grad", self.max_grad),
+        ] {
+            if let Some(v) = v {
+                positive(&key(name), v)?;
+            }
+        }
+        positive(&key("clip_factor"), self.clip_factor)?;
+        positive(&key("max_loss_factor"), self.max_loss_factor)?;
+        count(&key("replay_rows"), self.replay_rows, 0, MAX_COUNT)?;
+        count(
+            &key("lv_direct_max_rows"),
+            self.lv_direct_max_rows,
+            0,
+            MAX_COUNT,
+        )?;
+        count(&key("batch_shards"), self.batch_shards, 0, self.batch)?;
+        in_range(&key("explore_scale"), self.explore_scale, 1.0, 1e3)?;
+        count(&key("explore_steps"), self.explore_steps, 0, MAX_COUNT)?;
+        if let Some(st) = &self.subtraj {
+            st.check(&key("subtraj."))?;
+        }
+        Ok(())
+    }
+}
+
 /// Serializable [`DivMode`].
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +176,7 @@ impl Default for TrainSettings {
         Self {
             steps: 60_000,
             batch: 2048,
+            initial_repeats: 1,
             lr: 5e-3,
             lr_log_z: 0.1,
             weight_decay: 1e-7,
@@ -313,12 +373,7 @@ impl<'a> Trainer<'a> {
         if !self.loss.detached() || !self.settings.replay {
             return GradPath::Graph;
         }
-        let n = self.settings.batch.max(1);
-        let n_eff = match self.loss {
-            LossKind::LvTraj { k } => (n / k).max(1) * k,
-            _ => n,
-        };
-        let rows = self.method.grid.steps() * n_eff;
+        let rows = self.method.grid.steps() * self.batch_rows();
         let chunk = self.settings.replay_rows;
         let large = chunk != 0 && rows > 8 * chunk;
         let direct_ok = self.settings.lv_direct
@@ -339,12 +394,38 @@ impl<'a> Trainer<'a> {
     /// Number of batch shards of the full-trajectory paths with the current settings
     /// ([`TrainSettings::batch_shards`]); 1 means no sharding.
     pub fn shards(&self) -> usize {
-        let n = self.settings.batch.max(1);
-        let n_eff = match self.loss {
-            LossKind::LvTraj { k } => (n / k).max(1) * k,
-            _ => n,
-        };
-        self.shard_count(n_eff)
+        self.shard_count(self.batch_rows())
+    }
+
+    /// Trajectories per initial point: K for `lv_traj`, else
+    /// [`TrainSettings::initial_repeats`].
+    pub fn initial_repeats(&self) -> usize {
+        match self.loss {
+            LossKind::LvTraj { k } => k,
+            _ => self.settings.initial_repeats,
+        }
+        .max(1)
+    }
+
+    /// Trajectories of one step: `batch` rounded down to a multiple of the repeats (at least
+    /// one initial point).
+    pub fn batch_rows(&self) -> usize {
+        let k = self.initial_repeats();
+        (self.settings.batch.max(1) / k).max(1) * k
+    }
+
+    /// The initial points of one step, `[batch_rows, d]`: `batch_rows / repeats` prior draws,
+    /// each repeated [`Trainer::initial_repeats`] times in consecutive rows.
+    pub fn draw_initial(&self) -> Tensor {
+        let d = self.target.dim() as i64;
+        let k = self.initial_repeats();
+        let b = (self.batch_rows() / k) as i64;
+        let x0 = self.method.prior.sample(b, d, self.device);
+        if k == 1 {
+            x0
+        } else {
+            x0.repeat_interleave_self_int(k as i64, Some(0), None)
+        }
     }
 
     fn shard_count(&self, rows: usize) -> usize {
@@ -385,16 +466,7 @@ impl<'a> Trainer<'a> {
     pub fn batch_loss(&mut self) -> (Tensor, Tensor, bool) {
         let d = self.target.dim() as i64;
         let n = self.settings.batch as i64;
-        let x0 = match self.loss {
-            LossKind::LvTraj { k } => {
-                let b = (n / k as i64).max(1);
-                self.method
-                    .prior
-                    .sample(b, d, self.device)
-                    .repeat_interleave_self_int(k as i64, Some(0), None)
-            }
-            _ => self.method.prior.sample(n, d, self.device),
-        };
+        let x0 = self.draw_initial();
         let n_eff = x0.size()[0] as u64;
         let steps = self.method.grid.steps() as u64;
         let score_evals = if self.controls.u.needs_target_score() {

@@ -236,7 +236,7 @@ fn particle_sq_distance_with(
 /// `[p0_x, p0_y, p1_x, …]`.
 pub fn centre_particles(x: ArrayView2<f64>, n_particles: usize) -> Result<Array2<f64>> {
     let d = x.ncols();
-    if n_particles == 0 || d % n_particles != 0 {
+    if n_particles == 0 || !d.is_multiple_of(n_particles) {
         bail!("particles: dimension {d} is not divisible by the number of particles {n_particles}");
     }
     let k = d / n_particles;
@@ -261,7 +261,7 @@ pub fn particle_sq_distance_matrix(
 ) -> Result<Array2<f64>> {
     check_pair(&x, &y, "particle distances")?;
     let d = x.ncols();
-    if n_particles == 0 || d % n_particles != 0 {
+    if n_particles == 0 || !d.is_multiple_of(n_particles) {
         bail!("particles: dimension {d} is not divisible by the number of particles {n_particles}");
     }
     let k = d / n_particles;

@@ -71,6 +71,20 @@ pub struct MetricsReport {
     /// Geometric W2 for particle systems ([`crate::geometric_w2`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub w2_geometric: Option<f64>,
+    /// The samples per set (A, B) each metric used after subsampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_sizes: Option<MetricSizes>,
+}
+
+/// Samples `[from A, from B]` each metric of a [`MetricsReport`] used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricSizes {
+    /// `w2` and `w2_geometric` (equal sizes by construction).
+    pub w2: [usize; 2],
+    pub sinkhorn_sde: [usize; 2],
+    pub sinkhorn_div: [usize; 2],
+    /// `mmd_median` and `mmd_unbiased`.
+    pub mmd: [usize; 2],
 }
 
 /// SplitMix64 step.
@@ -127,7 +141,7 @@ pub fn compute_report(
         );
     }
     if let Some(p) = opts.particles {
-        if p == 0 || a.ncols() % p != 0 {
+        if p == 0 || !a.ncols().is_multiple_of(p) {
             bail!(
                 "metrics: dimension {} is not divisible by the number of particles {p}",
                 a.ncols()
@@ -136,10 +150,12 @@ pub fn compute_report(
     }
     let (sa, sb) = (opts.seed, opts.seed ^ 0x5555_5555_5555_5555);
     let mut r = MetricsReport::default();
+    let mut sizes = MetricSizes::default();
 
     let k = a.nrows().min(b.nrows()).min(opts.max_exact);
     let (ea, eb) = (subsample(a, k, sa), subsample(b, k, sb));
     r.w2 = Some(w2_exact(ea.view(), eb.view())?);
+    sizes.w2 = [k, k];
     if let Some(p) = opts.particles {
         r.w2_geometric = Some(geometric_w2(ea.view(), eb.view(), p)?);
     }
@@ -153,6 +169,7 @@ pub fn compute_report(
         sde.eps = e;
     }
     r.sinkhorn_sde = Some(sinkhorn_sde(xa.view(), xb.view(), &sde)?.value);
+    sizes.sinkhorn_sde = [xa.nrows(), xb.nrows()];
 
     let (xa, xb) = (
         subsample(a, opts.max_sinkhorn_div, sa),
@@ -163,6 +180,7 @@ pub fn compute_report(
         ..Default::default()
     };
     r.sinkhorn_div = Some(sinkhorn_divergence(xa.view(), xb.view(), &div)?.divergence);
+    sizes.sinkhorn_div = [xa.nrows(), xb.nrows()];
 
     let (xa, xb) = (
         subsample(a, opts.max_mmd, sa),
@@ -171,7 +189,9 @@ pub fn compute_report(
     if xa.nrows() >= 2 && xb.nrows() >= 2 {
         r.mmd_median = Some(mmd_median(xa.view(), xb.view())?.mmd);
         r.mmd_unbiased = Some(mmd_unbiased(xa.view(), xb.view(), None)?.mmd2);
+        sizes.mmd = [xa.nrows(), xb.nrows()];
     }
+    r.metric_sizes = Some(sizes);
     Ok(r)
 }
 
@@ -255,6 +275,9 @@ mod tests {
         ] {
             assert!(json.contains(key), "{json}");
         }
+        let sizes = r.metric_sizes.clone().unwrap();
+        assert_eq!(sizes.w2, [50, 50]);
+        assert_eq!(sizes.sinkhorn_sde, [60, 50]);
         let table = render_table(&r);
         assert!(table.contains("sinkhorn_div") && table.contains("w2_geometric"));
         // Without particles the field is skipped in JSON.
@@ -262,6 +285,20 @@ mod tests {
         assert!(r.w2_geometric.is_none());
         let json = serde_json::to_string(&r).unwrap();
         assert!(!json.contains("w2_geometric"), "{json}");
+        assert!(json.contains("metric_sizes"), "{json}");
+        // Each metric uses the size its option names.
+        let opts = ReportOptions {
+            max_exact: 20,
+            max_sinkhorn_sde: 40,
+            max_sinkhorn_div: 30,
+            max_mmd: 10,
+            ..Default::default()
+        };
+        let s = compute_report(&a, &b, &opts).unwrap().metric_sizes.unwrap();
+        assert_eq!(
+            (s.w2, s.sinkhorn_sde, s.sinkhorn_div, s.mmd),
+            ([20, 20], [40, 40], [30, 30], [10, 10])
+        );
         let back: MetricsReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
     }

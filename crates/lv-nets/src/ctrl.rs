@@ -49,6 +49,20 @@ impl Default for CtrlConfig {
 }
 
 impl CtrlConfig {
+    /// Checks the settings; errors name the key as `{prefix}clip_model` etc.
+    pub fn check(&self, prefix: &str) -> anyhow::Result<()> {
+        use lv_core::check::positive;
+        self.mlp.check(&format!("{prefix}mlp."))?;
+        positive(&format!("{prefix}clip_model"), self.clip_model)?;
+        positive(&format!("{prefix}clip_score"), self.clip_score)?;
+        if let Some(s) = self.scale_init {
+            if !s.is_finite() {
+                anyhow::bail!("key `{prefix}scale_init` must be finite (got {s})");
+            }
+        }
+        Ok(())
+    }
+
     fn scale_dim(&self, dim: i64) -> i64 {
         if self.scale_per_dim {
             dim

@@ -1,13 +1,14 @@
 //! Exponential moving average of the parameters (spec §7).
 //!
-//! Paper schedule ([`EmaSchedule::Warmup`], the `ema_pytorch` rule): the EMA is called once
-//! per successful optimizer step. On call c (1-based) it acts only when (c − 1) is a
-//! multiple of `every` (default 5). If c − 1 ≤ `start` (default total_steps − 1500) the shadow
-//! becomes a plain copy of the parameters; afterwards
+//! Paper schedule ([`EmaSchedule::Warmup`], spec §7): the EMA is called once per successful
+//! optimizer step. On call c (1-based) it acts only when c is a multiple of `every` (default
+//! 5): calls 5, 10, …, so the last call of a run whose length is a multiple of `every` is an
+//! update. If c ≤ `start` (default total_steps − 1500) the shadow becomes a plain copy of the
+//! parameters; afterwards
 //!   shadow ← decay·shadow + (1 − decay)·param, decay = min(cap, 1 − (1 + e)^(−power)),
-//! with e = c − start − 1, power 0.9 and cap 0.9999. For a 60 000-step run the last update
-//! (c = 59 996, e = 1 495) uses decay ≈ 0.99861: in effect an average over roughly the last
-//! 1 500 steps.
+//! with e = c − start − 1, power 0.9 and cap 0.9999. For a 60 000-step run the first average
+//! is at c = 58 505 (e = 4) and the last at c = 60 000 (e = 1 499, decay ≈ 0.99861): in effect
+//! an average over roughly the last 1 500 steps.
 //!
 //! [`EmaSchedule::Constant`] is a plain EMA with a fixed decay (shadow initialised to the
 //! parameters at construction, then updated on the same `every` rule).
@@ -54,6 +55,20 @@ impl Default for EmaConfig {
 }
 
 impl EmaConfig {
+    /// Checks the settings; errors name the key as `{prefix}every` etc.
+    pub fn check(&self, prefix: &str) -> Result<()> {
+        use lv_core::check::{in_range, positive};
+        if self.every == 0 {
+            bail!("key `{prefix}every` must be ≥ 1 (got 0)");
+        }
+        in_range(&format!("{prefix}cap"), self.cap, 0.0, 1.0)?;
+        positive(&format!("{prefix}power"), self.power)?;
+        if let Some(d) = self.constant_decay {
+            in_range(&format!("{prefix}constant_decay"), d, 0.0, 1.0)?;
+        }
+        Ok(())
+    }
+
     /// The schedule for a run of `total_steps` optimizer steps.
     pub fn schedule(&self, total_steps: u64) -> EmaSchedule {
         match self.constant_decay {
@@ -145,17 +160,16 @@ impl Ema {
         self.schedule
     }
 
-    /// What call number `call` (1-based) does, without doing it.
+    /// What call number `call` (1-based) does, without doing it: nothing unless `call` is a
+    /// multiple of `every`; then a copy while `call ≤ start`, else an average.
     pub fn action_at(&self, call: u64) -> EmaAction {
-        assert!(call >= 1, "EMA calls are 1-based");
-        let step = call - 1;
-        if step % self.every != 0 {
+        if call == 0 || !call.is_multiple_of(self.every) {
             return EmaAction::Skipped;
         }
         match self.schedule {
             EmaSchedule::Constant { decay } => EmaAction::Averaged(decay),
             EmaSchedule::Warmup { start, power, cap } => {
-                if step <= start {
+                if call <= start {
                     EmaAction::Copied
                 } else {
                     EmaAction::Averaged(warmup_decay(call - start - 1, power, cap))
@@ -317,26 +331,24 @@ mod tests {
                 cap: 0.9999
             }
         );
-        // Hand-written reference (ema_pytorch): act when (c − 1) % 5 == 0.
-        assert_eq!(ema.action_at(1), EmaAction::Copied);
-        assert_eq!(ema.action_at(2), EmaAction::Skipped);
-        assert_eq!(ema.action_at(58_501), EmaAction::Copied);
-        assert_eq!(ema.action_at(58_505), EmaAction::Skipped);
-        // First average: c = 58 506, e = 5, decay = 1 − 6^−0.9.
-        let EmaAction::Averaged(d) = ema.action_at(58_506) else {
+        // Spec §7: act on every 5th call (5, 10, …), copy until call 58 500.
+        assert_eq!(ema.action_at(1), EmaAction::Skipped);
+        assert_eq!(ema.action_at(4), EmaAction::Skipped);
+        assert_eq!(ema.action_at(5), EmaAction::Copied);
+        assert_eq!(ema.action_at(58_500), EmaAction::Copied);
+        assert_eq!(ema.action_at(58_501), EmaAction::Skipped);
+        // First average: c = 58 505, e = 4, decay = 1 − 5^−0.9.
+        let EmaAction::Averaged(d) = ema.action_at(58_505) else {
             panic!("expected an average")
         };
-        assert!((d - (1.0 - 6f64.powf(-0.9))).abs() < 1e-15);
-        assert!((d - 0.80063).abs() < 1e-4, "{d}");
-        // Last update of the run: c = 59 996, e = 1 495.
-        assert_eq!(ema.action_at(60_000), EmaAction::Skipped);
-        let EmaAction::Averaged(d) = ema.action_at(59_996) else {
+        assert!((d - (1.0 - 5f64.powf(-0.9))).abs() < 1e-15);
+        // The last call of the run is an update: c = 60 000, e = 60 000 − 58 500 − 1 = 1 499.
+        assert_eq!(ema.action_at(59_996), EmaAction::Skipped);
+        let EmaAction::Averaged(d) = ema.action_at(60_000) else {
             panic!("expected an average")
         };
-        assert!((d - (1.0 - 1496f64.powf(-0.9))).abs() < 1e-15);
+        assert!((d - (1.0 - 1500f64.powf(-0.9))).abs() < 1e-15);
         assert!((d - 0.99861).abs() < 5e-6, "{d}");
-        // The spec's e = 60 000 − 58 500 − 1 also gives ≈ 0.99861.
-        assert!((warmup_decay(1499, 0.9, 0.9999) - 0.99861).abs() < 1e-5);
         // The cap binds for very long runs.
         assert_eq!(warmup_decay(100_000_000, 0.9, 0.9999), 0.9999);
         assert_eq!(warmup_decay(0, 0.9, 0.9999), 0.0);
@@ -356,8 +368,8 @@ mod tests {
             set(&p, c as f64);
             let a = ema.update();
             // Reference.
-            if (c - 1) % 5 == 0 {
-                if c - 1 <= 10 {
+            if c % 5 == 0 {
+                if c <= 10 {
                     shadow_ref = c as f64;
                     assert_eq!(a, EmaAction::Copied);
                 } else {
@@ -372,7 +384,7 @@ mod tests {
                 (s - shadow_ref).abs() < 1e-4 * (1.0 + shadow_ref),
                 "c {c}: {s} vs {shadow_ref}"
             );
-            if c == 11 {
+            if c == 10 {
                 // Before (and at) start, the shadow equals the parameters after a copy call.
                 assert_eq!(s, c as f64);
             }

@@ -59,6 +59,34 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    /// Checks the settings; errors name the key as `{prefix}width` etc.
+    pub fn check(&self, prefix: &str) -> anyhow::Result<()> {
+        use lv_core::check::{count, positive};
+        count(
+            &format!("{prefix}width"),
+            self.width.max(0) as usize,
+            1,
+            1 << 16,
+        )?;
+        count(&format!("{prefix}num_layers"), self.num_layers, 2, 64)?;
+        count(
+            &format!("{prefix}num_freqs"),
+            self.num_freqs.max(0) as usize,
+            1,
+            1 << 16,
+        )?;
+        positive(&format!("{prefix}freq_min"), self.freq_min)?;
+        positive(&format!("{prefix}freq_max"), self.freq_max)?;
+        if self.freq_max < self.freq_min {
+            anyhow::bail!(
+                "key `{prefix}freq_max` ({}) must be ≥ `{prefix}freq_min` ({})",
+                self.freq_max,
+                self.freq_min
+            );
+        }
+        Ok(())
+    }
+
     fn validate(&self) {
         assert!(
             self.width >= 1,

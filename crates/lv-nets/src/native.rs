@@ -91,7 +91,7 @@ const LANES: usize = 16;
 #[inline(always)]
 fn bias_gelu_impl(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
     let c = bias.len();
-    if c % LANES != 0 {
+    if !c.is_multiple_of(LANES) {
         for (hr, gr) in h.chunks_exact_mut(c).zip(g.chunks_exact_mut(c)) {
             for ((hv, gv), b) in hr.iter_mut().zip(gr.iter_mut()).zip(bias) {
                 let (a, d) = gelu_pair(*hv + b);

@@ -107,6 +107,17 @@ impl Target for Funnel {
         Some(0.0)
     }
 
+    /// s₀ = 3 and s_i = √E[e^{x₀}] = e^{9/4} ≈ 9.4877 (x₀ ~ N(0, 9), so E[e^{x₀}] = e^{9/2});
+    /// none for the clipped variant, whose sampler is not the density's law.
+    fn marginal_stds(&self) -> Option<Vec<f64>> {
+        if self.clip.is_some() {
+            return None;
+        }
+        let mut s = vec![3.0];
+        s.extend(std::iter::repeat_n(2.25f64.exp(), self.dim - 1));
+        Some(s)
+    }
+
     fn domain(&self) -> Vec<(f64, f64)> {
         let other = 3f64.exp();
         let mut d = vec![(-15.0, 15.0)];

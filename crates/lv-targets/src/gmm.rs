@@ -226,6 +226,26 @@ impl Target for GaussianMixture {
         Some(0.0)
     }
 
+    /// √(σ² + Var_k m_kj) per coordinate j (equal weights; the variance of the means with
+    /// divisor K): 4.1191 for `gmm9`.
+    fn marginal_stds(&self) -> Option<Vec<f64>> {
+        let k = self.means.len() as f64;
+        Some(
+            (0..self.dim)
+                .map(|j| {
+                    let mean = self.means.iter().map(|m| m[j]).sum::<f64>() / k;
+                    let var = self
+                        .means
+                        .iter()
+                        .map(|m| (m[j] - mean).powi(2))
+                        .sum::<f64>()
+                        / k;
+                    (self.std * self.std + var).sqrt()
+                })
+                .collect(),
+        )
+    }
+
     fn domain(&self) -> Vec<(f64, f64)> {
         self.domain.clone()
     }
@@ -295,6 +315,10 @@ impl Target for Gauss {
     /// 0 (normalised).
     fn log_z(&self) -> Option<f64> {
         Some(0.0)
+    }
+
+    fn marginal_stds(&self) -> Option<Vec<f64>> {
+        Some(vec![self.std])
     }
 
     fn domain(&self) -> Vec<(f64, f64)> {
