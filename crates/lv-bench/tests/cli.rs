@@ -152,9 +152,33 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
         "sinkhorn_sde",
         "sinkhorn_div",
         "mmd_median",
+        "log_z_error_lb_ito",
+        "rel_error_is",
+        "rel_error_elbo",
+        "rel_error_lb_ito",
+        "avg_marginal_stddev",
+        "stddev_error_per_coordinate",
+        "stddev_reference",
+        "metric_sizes",
     ] {
         assert!(!res[k].is_null(), "results.json lacks `{k}`");
     }
+    // gmm9 (log Z = 0): rel = abs / (0 + 1e-8); exact stds; per-coordinate errors for d = 2.
+    let rel = res["rel_error_is"].as_f64().unwrap();
+    let abs = res["log_z_error_is"].as_f64().unwrap();
+    assert!(
+        (rel - abs / 1e-8).abs() <= 1e-6 * rel.abs().max(1.0),
+        "{rel} vs {abs}"
+    );
+    assert_eq!(res["stddev_reference"]["kind"], "exact");
+    assert_eq!(
+        res["stddev_error_per_coordinate"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        res["metric_sizes"]["sinkhorn_sde"],
+        serde_json::json!([32, 32])
+    );
     // lv eval and lv sample on the finished run.
     let st = lv()
         .arg("eval")
