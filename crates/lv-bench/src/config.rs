@@ -2,10 +2,10 @@
 //! and wrong types are errors naming the key) and validated once, before any training.
 
 use anyhow::{bail, Context, Result};
-use lv_core::loss::LossKind;
+use lv_core::loss::{LossKind, LossName};
 use lv_core::method::MethodKind;
 use lv_core::train::TrainSettings;
-use lv_nets::ctrl::CtrlConfig;
+use lv_nets::ctrl::{ControlKind, CtrlConfig};
 use lv_nets::ema::EmaConfig;
 use lv_nets::DeviceChoice;
 use serde::{Deserialize, Serialize};
@@ -18,9 +18,9 @@ pub struct RunConfig {
     /// Registry name of the target (`lv targets`).
     pub target: String,
     /// `pis`, `dis`, `dds`, `dds_exp`, `bridge`.
-    pub method: String,
-    /// `kl`, `kl_ito`, `lv`, `lv_traj`, `moment`.
-    pub loss: String,
+    pub method: MethodKind,
+    /// `kl`, `kl_ito`, `lv`, `lv_traj`, `moment` (or `tb`).
+    pub loss: LossName,
     /// K of `lv_traj` (trajectories per initial point).
     #[serde(default = "default_k")]
     pub lv_traj_k: usize,
@@ -31,11 +31,12 @@ pub struct RunConfig {
     /// libtorch intra-op threads (0 = libtorch's default).
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// Control parametrisation: the method's default (`score` for PIS/DDS, `lerp` for DIS,
-    /// lerp-target/lerp-prior for the bridge), or `potential` (DIS: u = σ∇ₓclip(Φ), needed by
-    /// sub-trajectory training), or `clipped` (score-free: u = clip(NN)).
-    #[serde(default)]
-    pub control: Option<String>,
+    /// Control parametrisation ([`ControlKind`]): `default` (the method's own: score for
+    /// PIS/DDS, lerp for DIS, lerp-target/lerp-prior for the bridge), `potential` (DIS:
+    /// u = σ∇ₓclip(Φ), needed by sub-trajectory training) or `clipped` (score-free:
+    /// u = clip(NN)). Absent means `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlKind>,
     /// Optional check: the state dimension the network is built for (must equal the target's).
     #[serde(default)]
     pub dim: Option<usize>,
@@ -147,6 +148,8 @@ pub struct Resolved {
     pub cfg: RunConfig,
     pub method: MethodKind,
     pub loss: LossKind,
+    /// The control parametrisation (`control`, absent = [`ControlKind::Default`]).
+    pub control: ControlKind,
 }
 
 impl RunConfig {
@@ -185,8 +188,8 @@ impl RunConfig {
 
     /// Checks names and numbers; errors name the key or value.
     pub fn validate(self) -> Result<Resolved> {
-        let method: MethodKind = self.method.parse().context("key `method`")?;
-        let loss = LossKind::parse(&self.loss, self.lv_traj_k).context("key `loss`")?;
+        let method = self.method;
+        let loss = self.loss.with_k(self.lv_traj_k).context("key `loss`")?;
         let target = lv_targets::by_name(&self.target).context("key `target`")?;
         if let Some(d) = self.dim {
             if d != target.dim() {
@@ -251,22 +254,12 @@ impl RunConfig {
                 loss.name()
             );
         }
-        match self.control.as_deref() {
-            None | Some("default") | Some("clipped") => {}
-            Some("potential") => {
-                if method != MethodKind::Dis {
-                    bail!(
-                        "key `control`: `potential` is wired for `dis` only (got `{}`)",
-                        self.method
-                    );
-                }
-            }
-            Some(other) => {
-                bail!("key `control`: unknown `{other}` (expected default, clipped, potential)")
-            }
+        let control = self.control.unwrap_or_default();
+        if control == ControlKind::Potential && method != MethodKind::Dis {
+            bail!("key `control`: `potential` is wired for `dis` only (got `{method}`)");
         }
         if self.train.subtraj.is_some() {
-            if self.control.as_deref() != Some("potential") || loss != LossKind::Lv {
+            if control != ControlKind::Potential || loss != LossKind::Lv {
                 bail!("key `train.subtraj` needs `control = \"potential\"`, `method = \"dis\"` and `loss = \"lv\"`");
             }
             let p = self.train.subtraj.as_ref().map(|s| s.prob).unwrap_or(0.0);
@@ -289,6 +282,7 @@ impl RunConfig {
             cfg: self,
             method,
             loss,
+            control,
         })
     }
 }
@@ -366,9 +360,10 @@ mod tests {
 
     #[test]
     fn bad_values_fail_validation() {
-        let bad = |o: &str| {
-            let c = RunConfig::parse(BASE, &[o.into()]).unwrap();
-            format!("{:#}", c.validate().err().expect("invalid"))
+        // Names fail at parse time (typed fields), numbers and combinations at validation.
+        let bad = |o: &str| match RunConfig::parse(BASE, &[o.into()]) {
+            Err(e) => format!("{e:#}"),
+            Ok(c) => format!("{:#}", c.validate().err().expect("invalid")),
         };
         assert!(bad("target=nowhere").contains("nowhere"));
         assert!(bad("method=mcmc").contains("mcmc"));
@@ -385,6 +380,9 @@ mod tests {
             "{e}"
         );
         assert!(bad("train.batch=1").contains("train.batch"));
+        assert!(bad("control=\"lerp\"").contains("unknown variant `lerp`"));
+        let tb = RunConfig::parse(BASE, &["loss=\"tb\"".into()]).unwrap();
+        assert_eq!(tb.validate().unwrap().loss, LossKind::Moment);
         let c =
             RunConfig::parse(BASE, &["loss=kl".into(), "train.explore_scale=2.0".into()]).unwrap();
         assert!(format!("{:#}", c.validate().err().unwrap()).contains("explore_scale"));

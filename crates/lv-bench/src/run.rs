@@ -26,7 +26,7 @@ use lv_core::train::{Counters, Hooks, Trainer};
 use lv_core::{Control, Target};
 use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
 use lv_nets::ctrl::{
-    ClippedCtrl, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
+    ClippedCtrl, ControlKind, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
 };
 use lv_nets::ema::Ema;
 use lv_nets::select_device;
@@ -62,53 +62,52 @@ pub fn build(res: &Resolved) -> Result<Built> {
     let sigma = move || -> lv_nets::ctrl::SigmaFn { std::sync::Arc::new(move |t| sde.sigma(t)) };
     let root = vs.root();
     let mut potential = None;
-    let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) =
-        match (res.method, cfg.control.as_deref()) {
-            (MethodKind::Dis, Some("potential")) => {
-                let p = Rc::new(PotentialCtrl::new(&(&root / "u"), d, &cfg.model, sigma()));
-                potential = Some(p.clone());
-                (Box::new(p), None)
-            }
-            (MethodKind::Bridge, _) => (
-                Box::new(LerpTargetCtrl::new(
+    let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) = match (res.method, res.control) {
+        (MethodKind::Dis, ControlKind::Potential) => {
+            let p = Rc::new(PotentialCtrl::new(&(&root / "u"), d, &cfg.model, sigma()));
+            potential = Some(p.clone());
+            (Box::new(p), None)
+        }
+        (MethodKind::Bridge, _) => (
+            Box::new(LerpTargetCtrl::new(
+                &(&root / "u"),
+                d,
+                &cfg.model,
+                sigma(),
+                t_end,
+            )),
+            Some(Box::new(LerpPriorCtrl::new(
+                &(&root / "v"),
+                d,
+                &cfg.model,
+                sigma(),
+                t_end,
+                1.0,
+            ))),
+        ),
+        (_, ControlKind::Clipped) => (
+            Box::new(ClippedCtrl::new(&(&root / "u"), d, &cfg.model)),
+            None,
+        ),
+        _ => match res.method {
+            MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
+                Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)),
+                None,
+            ),
+            MethodKind::Dis => (
+                Box::new(LerpCtrl::new(
                     &(&root / "u"),
                     d,
                     &cfg.model,
                     sigma(),
                     t_end,
-                )),
-                Some(Box::new(LerpPriorCtrl::new(
-                    &(&root / "v"),
-                    d,
-                    &cfg.model,
-                    sigma(),
-                    t_end,
                     1.0,
-                ))),
-            ),
-            (_, Some("clipped")) => (
-                Box::new(ClippedCtrl::new(&(&root / "u"), d, &cfg.model)),
+                )),
                 None,
             ),
-            _ => match res.method {
-                MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
-                    Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)),
-                    None,
-                ),
-                MethodKind::Dis => (
-                    Box::new(LerpCtrl::new(
-                        &(&root / "u"),
-                        d,
-                        &cfg.model,
-                        sigma(),
-                        t_end,
-                        1.0,
-                    )),
-                    None,
-                ),
-                MethodKind::Bridge => unreachable!("the bridge is matched above"),
-            },
-        };
+            MethodKind::Bridge => unreachable!("the bridge is matched above"),
+        },
+    };
     Ok(Built {
         vs,
         method,
@@ -616,7 +615,7 @@ fn evaluate_run(
         );
         o.insert("stddev_reference".into(), serde_json::to_value(&source)?);
     }
-    if let Some(centres) = lv_targets::mode_centres(&cfg.target).filter(|_| x.nrows() > 0) {
+    if let Some(centres) = b.target.mode_centres().filter(|_| x.nrows() > 0) {
         let c = Array2::from_shape_vec(
             (centres.len(), centres[0].len()),
             centres.iter().flatten().cloned().collect(),

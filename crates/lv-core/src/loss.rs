@@ -8,6 +8,56 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+/// The name of a loss as a config writes it (`loss = "lv_traj"`); [`LossName::with_k`] adds
+/// the K of `lv_traj` to make a [`LossKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossName {
+    Kl,
+    KlIto,
+    Lv,
+    LvTraj,
+    /// Also accepted as `tb` (trajectory balance).
+    #[serde(alias = "tb")]
+    Moment,
+}
+
+impl LossName {
+    /// The loss, with K trajectories per initial point for `lv_traj` (K ≥ 2; ignored by the
+    /// others).
+    pub fn with_k(self, k: usize) -> Result<LossKind> {
+        Ok(match self {
+            Self::Kl => LossKind::Kl,
+            Self::KlIto => LossKind::KlIto,
+            Self::Lv => LossKind::Lv,
+            Self::LvTraj => {
+                if k < 2 {
+                    bail!("loss `lv_traj` needs K ≥ 2 trajectories per initial point (got {k})");
+                }
+                LossKind::LvTraj { k }
+            }
+            Self::Moment => LossKind::Moment,
+        })
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kl => "kl",
+            Self::KlIto => "kl_ito",
+            Self::Lv => "lv",
+            Self::LvTraj => "lv_traj",
+            Self::Moment => "moment",
+        }
+    }
+}
+
+impl std::fmt::Display for LossName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A path-space loss.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -29,19 +79,15 @@ pub enum LossKind {
 impl LossKind {
     /// Parses `kl`, `kl_ito`, `lv`, `lv_traj` (needs `k`), `moment` (alias `tb`).
     pub fn parse(name: &str, k: usize) -> Result<Self> {
-        Ok(match name {
-            "kl" => Self::Kl,
-            "kl_ito" => Self::KlIto,
-            "lv" => Self::Lv,
-            "lv_traj" => {
-                if k < 2 {
-                    bail!("loss `lv_traj` needs K ≥ 2 trajectories per initial point (got {k})");
-                }
-                Self::LvTraj { k }
-            }
-            "moment" | "tb" => Self::Moment,
+        let name = match name {
+            "kl" => LossName::Kl,
+            "kl_ito" => LossName::KlIto,
+            "lv" => LossName::Lv,
+            "lv_traj" => LossName::LvTraj,
+            "moment" | "tb" => LossName::Moment,
             other => bail!("unknown loss `{other}`: expected kl, kl_ito, lv, lv_traj, moment"),
-        })
+        };
+        name.with_k(k)
     }
 
     /// Short name used in configs and tables.

@@ -23,6 +23,25 @@ pub enum MethodKind {
     Bridge,
 }
 
+impl MethodKind {
+    /// The config name (`pis`, `dis`, `dds`, `dds_exp`, `bridge`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pis => "pis",
+            Self::Dis => "dis",
+            Self::Dds => "dds",
+            Self::DdsExp => "dds_exp",
+            Self::Bridge => "bridge",
+        }
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for MethodKind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {

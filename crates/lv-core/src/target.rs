@@ -48,6 +48,12 @@ pub trait Target: Send + Sync {
         None
     }
 
+    /// Centres of the target's modes (component means or locations of a mixture), for the
+    /// mode-coverage metric; none for targets without a list of modes.
+    fn mode_centres(&self) -> Option<Vec<Vec<f64>>> {
+        None
+    }
+
     /// The exact sampler, when the target has one.
     fn sampler(&self) -> Option<&dyn ExactSampler> {
         None
@@ -175,6 +181,9 @@ impl<T: Target> Target for CountingTarget<T> {
     }
     fn marginal_stds(&self) -> Option<Vec<f64>> {
         self.inner.marginal_stds()
+    }
+    fn mode_centres(&self) -> Option<Vec<Vec<f64>>> {
+        self.inner.mode_centres()
     }
     fn sampler(&self) -> Option<&dyn ExactSampler> {
         self.inner.sampler()

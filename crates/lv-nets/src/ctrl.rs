@@ -72,6 +72,20 @@ impl CtrlConfig {
     }
 }
 
+/// Which parametrisation of the control u a run uses (`control = "…"` in a config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    /// The method's own: [`ScoreCtrl`] for PIS and DDS, [`LerpCtrl`] for DIS, the
+    /// lerp-target / lerp-prior pair for the bridge.
+    #[default]
+    Default,
+    /// Score-free u = clip(NN) ([`ClippedCtrl`]).
+    Clipped,
+    /// u = σ∇ₓclip(Φ) ([`PotentialCtrl`], DIS only; needed by sub-trajectory training).
+    Potential,
+}
+
 /// Default initial output of s(t) for [`ScoreCtrl`] (PIS, DDS).
 pub const SCORE_SCALE_INIT: f64 = 0.01;
 /// Default initial output of s(t) for the Lerp controls (DIS, Bridge).

@@ -246,6 +246,11 @@ impl Target for GaussianMixture {
         )
     }
 
+    /// The component means.
+    fn mode_centres(&self) -> Option<Vec<Vec<f64>>> {
+        Some(self.means.clone())
+    }
+
     fn domain(&self) -> Vec<(f64, f64)> {
         self.domain.clone()
     }

@@ -88,6 +88,11 @@ impl Target for MixtureOfStudents {
         Some(0.0)
     }
 
+    /// The component locations.
+    fn mode_centres(&self) -> Option<Vec<Vec<f64>>> {
+        Some(self.locations().to_vec())
+    }
+
     fn domain(&self) -> Vec<(f64, f64)> {
         (0..self.dim)
             .map(|j| {

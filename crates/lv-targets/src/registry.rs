@@ -201,19 +201,8 @@ pub fn list() -> Vec<TargetInfo> {
         .collect()
 }
 
-/// Mode centres of the mixture targets (`gmm9`, `gmm25`, `fab40`, `gmm40_*`: component means;
-/// `mos50`: component locations), for mode-coverage metrics; `None` for other targets.
+/// Mode centres of the registered target `name` ([`Target::mode_centres`]: component means of
+/// the Gaussian mixtures, locations of `mos50`); `None` for other or unknown targets.
 pub fn mode_centres(name: &str) -> Option<Vec<Vec<f64>>> {
-    match name {
-        "gmm9" => Some(GaussianMixture::gmm9().means().to_vec()),
-        "gmm25" => Some(GaussianMixture::gmm25().means().to_vec()),
-        "fab40" => GaussianMixture::fab40().ok().map(|g| g.means().to_vec()),
-        "gmm40_2d" => GaussianMixture::gmm40(2).ok().map(|g| g.means().to_vec()),
-        "gmm40_5d" => GaussianMixture::gmm40(5).ok().map(|g| g.means().to_vec()),
-        "gmm40_50d" => GaussianMixture::gmm40(50).ok().map(|g| g.means().to_vec()),
-        "mos50" => MixtureOfStudents::mos50()
-            .ok()
-            .map(|m| m.locations().to_vec()),
-        _ => None,
-    }
+    by_name(name).ok()?.mode_centres()
 }
