@@ -19,10 +19,13 @@ use crate::config::{Resolved, RunConfig};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use lv_core::driver::{
+    step_seed, Averager, Checkpoint, Driver, EvalRecord, Observer, Schedule, StepRecord,
+};
 use lv_core::estimate::Evaluation;
 use lv_core::method::{Method, MethodKind};
 use lv_core::sim::Controls;
-use lv_core::train::{Counters, Hooks, Trainer};
+use lv_core::train::{Counters, StepStats, Trainer};
 use lv_core::{Control, Target};
 use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
 use lv_nets::ctrl::{
@@ -125,19 +128,6 @@ struct CheckpointMeta {
     counters: Counters,
     ema_calls: u64,
     seconds: f64,
-}
-
-/// The seed of step `step` of a run with seed `seed`.
-fn step_seed(seed: u64, step: usize) -> i64 {
-    (seed.wrapping_mul(1_000_003).wrapping_add(step as u64) & 0x7fff_ffff_ffff) as i64
-}
-
-struct EmaHook<'a>(&'a mut Ema);
-
-impl Hooks for EmaHook<'_> {
-    fn after_update(&mut self, _c: &Counters) {
-        self.0.update();
-    }
 }
 
 /// Arguments of `lv train`.
@@ -301,64 +291,41 @@ fn train_built(
         .expect("valid template"),
     );
     bar.set_position(trainer.counters.step as u64);
-    let mut metrics = std::fs::OpenOptions::new()
+    let metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("metrics.jsonl"))?;
-    let mut last_eval: Option<Evaluation> = None;
-    let mut done_here = 0;
-    let mut t0 = std::time::Instant::now();
-    while trainer.counters.step < total {
-        tch::manual_seed(step_seed(cfg.seed, trainer.counters.step));
-        let st = trainer.step(&mut EmaHook(&mut ema));
-        done_here += 1;
-        let step = trainer.counters.step;
-        if cfg.eval.every > 0 && step % cfg.eval.every == 0 && step < total {
-            let ev = ema.with_shadow(|| trainer.evaluate(cfg.eval.n_during, cfg.eval.chunk).0);
-            writeln!(metrics, "{}", serde_json::json!({"step": step, "eval": ev}))?;
-            last_eval = Some(ev);
-        }
-        if step % cfg.log_every.max(1) == 0 || step == total {
-            let elapsed = seconds + t0.elapsed().as_secs_f64();
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::json!({"step": step, "loss": st.loss, "skipped": st.skipped, "kept": st.kept,
-                    "grad_norm": st.grad_norm, "lr": st.lr, "seconds": elapsed,
-                    "skipped_steps": trainer.counters.skipped, "filtered_samples": trainer.counters.filtered})
-            )?;
-        }
-        let (lz, ess) = last_eval
-            .as_ref()
-            .map(|e| (e.log_z_is, e.ess))
-            .unwrap_or((f64::NAN, f64::NAN));
-        bar.set_position(step as u64);
-        bar.set_message(format!(
-            "loss {:.3e}  logZ {:.3}  ESS {:.3}  {:.1} steps/s",
-            st.loss,
-            lz,
-            ess,
-            done_here as f64 / t0.elapsed().as_secs_f64().max(1e-9)
-        ));
-        if step % cfg.checkpoint_every.max(1) == 0 || step == total {
-            seconds += t0.elapsed().as_secs_f64();
-            t0 = std::time::Instant::now();
-            save_checkpoint(&b.vs, &trainer, &ema, &ckpt, &meta_path, seconds)?;
-        }
-        if stop_after.is_some_and(|s| done_here >= s) {
-            seconds += t0.elapsed().as_secs_f64();
-            save_checkpoint(&b.vs, &trainer, &ema, &ckpt, &meta_path, seconds)?;
-            bar.abandon();
-            return Ok(());
-        }
+    let mut sink = MetricsFile {
+        file: metrics,
+        bar: &bar,
+    };
+    let mut store = FolderCheckpoint {
+        vs: &b.vs,
+        ckpt: &ckpt,
+        meta_path: &meta_path,
+    };
+    let schedule = Schedule {
+        steps: total,
+        seed: cfg.seed,
+        eval_every: cfg.eval.every,
+        eval_n: cfg.eval.n_during,
+        eval_chunk: cfg.eval.chunk,
+        log_every: cfg.log_every,
+        checkpoint_every: cfg.checkpoint_every,
+    };
+    let outcome = Driver::new(&mut trainer, schedule)
+        .resumed_seconds(seconds)
+        .stop_after(stop_after)
+        .run(&mut ema, &mut sink, &mut store)?;
+    if !outcome.finished {
+        bar.abandon();
+        return Ok(());
     }
-    seconds += t0.elapsed().as_secs_f64();
     bar.finish();
-    drop(metrics);
-    let counters = trainer.counters.clone();
+    drop(sink);
     drop(trainer);
     ema.swap_in();
-    let results = evaluate_run(res, b, dir, seconds, &counters, true)?;
+    let results = evaluate_run(res, b, dir, outcome.seconds, &outcome.counters, true)?;
     ema.swap_out();
     if !quiet {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -366,10 +333,59 @@ fn train_built(
     Ok(())
 }
 
+/// The training curve of a run folder: `metrics.jsonl` (one JSON line per [`StepRecord`]
+/// and [`EvalRecord`]) and the progress bar.
+struct MetricsFile<'b> {
+    file: std::fs::File,
+    bar: &'b ProgressBar,
+}
+
+impl Observer for MetricsFile<'_> {
+    fn on_step(&mut self, r: &StepRecord) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(r)?)?;
+        Ok(())
+    }
+
+    fn on_eval(&mut self, r: &EvalRecord) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(r)?)?;
+        Ok(())
+    }
+
+    fn on_progress(&mut self, st: &StepStats, last: Option<&Evaluation>, rate: f64) {
+        let (lz, ess) = last.map_or((f64::NAN, f64::NAN), |e| (e.log_z_is, e.ess));
+        self.bar.set_position(st.step as u64);
+        self.bar.set_message(format!(
+            "loss {:.3e}  logZ {:.3}  ESS {:.3}  {:.1} steps/s",
+            st.loss, lz, ess, rate
+        ));
+    }
+}
+
+/// Checkpoints of a run folder: `checkpoint.safetensors` and its readable copy
+/// `checkpoint.json` (see the module docs).
+struct FolderCheckpoint<'b> {
+    vs: &'b VarStore,
+    ckpt: &'b Path,
+    meta_path: &'b Path,
+}
+
+impl Checkpoint for FolderCheckpoint<'_> {
+    fn save(&mut self, trainer: &Trainer<'_>, averager: &dyn Averager, seconds: f64) -> Result<()> {
+        save_checkpoint(
+            self.vs,
+            trainer,
+            averager,
+            self.ckpt,
+            self.meta_path,
+            seconds,
+        )
+    }
+}
+
 fn save_checkpoint(
     vs: &VarStore,
     trainer: &Trainer<'_>,
-    ema: &Ema,
+    averager: &dyn Averager,
     ckpt: &Path,
     meta_path: &Path,
     seconds: f64,
@@ -379,11 +395,8 @@ fn save_checkpoint(
         .into_iter()
         .map(|(k, t)| (format!("model.{k}"), t))
         .collect();
-    named.extend(
-        ema.shadow()
-            .into_iter()
-            .map(|(k, t)| (format!("ema.{k}"), t)),
-    );
+    let (shadow, ema_calls) = averager.state();
+    named.extend(shadow.into_iter().map(|(k, t)| (format!("ema.{k}"), t)));
     named.extend(trainer.adam.state());
     if let Some(c) = &trainer.log_z {
         named.push(("log_z".into(), c.shallow_clone()));
@@ -394,7 +407,7 @@ fn save_checkpoint(
     ));
     let meta = CheckpointMeta {
         counters: trainer.counters.clone(),
-        ema_calls: ema.calls(),
+        ema_calls,
         seconds,
     };
     let json = serde_json::to_string_pretty(&meta)?;

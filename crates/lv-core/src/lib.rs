@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod control;
+pub mod driver;
 pub mod estimate;
 pub mod grid;
 pub mod loss;

@@ -298,6 +298,22 @@ pub fn warmup_decay(e: u64, power: f64, cap: f64) -> f64 {
     (1.0 - (1.0 + e as f64).powf(-power)).clamp(0.0, cap)
 }
 
+/// The EMA as the training driver's weight average ([`lv_core::driver::Averager`]).
+impl lv_core::driver::Averager for Ema {
+    fn update(&mut self) {
+        Ema::update(self);
+    }
+    fn swap_in(&mut self) {
+        Ema::swap_in(self);
+    }
+    fn swap_out(&mut self) {
+        Ema::swap_out(self);
+    }
+    fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+        (self.shadow(), self.calls())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
