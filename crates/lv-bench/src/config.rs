@@ -11,7 +11,7 @@ use lv_nets::DeviceChoice;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// A training run, as written in `configs/<preset>/<method>-<loss>-<target>.toml`.
+/// A training run: a full config file, or a row of a preset resolved by [`crate::preset`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -163,27 +163,11 @@ impl RunConfig {
 
     /// [`RunConfig::load`] from text.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            // One line: the message and where, without toml's multi-line source snippet.
-            let at = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .map_or(String::new(), |(l, c)| format!(" at line {l}, column {c}"));
-            anyhow::anyhow!("invalid TOML{at}: {}", e.message().trim())
-        })?;
+        let mut value = toml::Value::Table(parse_toml(text)?);
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let msg = e.into_inner().message().trim().replace('\n', " ");
-            if path.is_empty() || path == "." {
-                anyhow::anyhow!("invalid configuration: {msg}")
-            } else {
-                anyhow::anyhow!("invalid configuration: key `{path}`: {msg}")
-            }
-        })?;
-        Ok(cfg)
+        deserialize_config(value)
     }
 
     /// Checks names and numbers; errors name the key or value.
@@ -287,6 +271,31 @@ impl RunConfig {
     }
 }
 
+/// Parses TOML text; the error is one line (the message and where, without toml's multi-line
+/// source snippet).
+pub fn parse_toml(text: &str) -> Result<toml::Table> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| line_col(text, s.start))
+            .map_or(String::new(), |(l, c)| format!(" at line {l}, column {c}"));
+        anyhow::anyhow!("invalid TOML{at}: {}", e.message().trim())
+    })
+}
+
+/// Deserialises a TOML tree strictly into a [`RunConfig`]; a type error names its key.
+pub fn deserialize_config(value: toml::Value) -> Result<RunConfig> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().message().trim().replace('\n', " ");
+        if path.is_empty() || path == "." {
+            anyhow::anyhow!("invalid configuration: {msg}")
+        } else {
+            anyhow::anyhow!("invalid configuration: key `{path}`: {msg}")
+        }
+    })
+}
+
 /// 1-based line and column of byte offset `at` in `text`.
 fn line_col(text: &str, at: usize) -> (usize, usize) {
     let mut end = at.min(text.len());
@@ -300,7 +309,7 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 }
 
 /// Applies one `a.b.c=value` override to a TOML tree.
-fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
+pub fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
     let (key, raw) = spec
         .split_once('=')
         .with_context(|| format!("--set `{spec}`: expected key=value"))?;

@@ -9,5 +9,6 @@ pub mod config;
 pub mod lock;
 pub mod memory;
 pub mod plots;
+pub mod preset;
 pub mod run;
 pub mod tables;

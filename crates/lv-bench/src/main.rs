@@ -51,6 +51,24 @@ enum Cmd {
     BenchStep(bench_step::BenchStepArgs),
     /// Reproduce a benchmark table (`cargo xtask reproduce-table` runs this).
     Reproduce(tables::ReproduceArgs),
+    /// Inspect configurations.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the resolved configuration of a preset row (what `lv train` would run).
+    Show {
+        /// The row: `<method>-<loss>-<target>` (e.g. `pis-lv-gmm9`).
+        row: String,
+        /// Preset name (`configs/<preset>.toml`) or path of a preset file.
+        #[arg(long, default_value = "quick")]
+        preset: String,
+        /// Override a key: `--set train.steps=500` (repeatable).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
 }
 
 fn main() {
@@ -96,6 +114,13 @@ fn run() -> Result<()> {
         Cmd::Metrics(args) => cli_metrics::run(&args, seed)?,
         Cmd::BenchStep(args) => bench_step::run(&args, &overrides)?,
         Cmd::Reproduce(args) => tables::run(&args, &overrides)?,
+        Cmd::Config(ConfigCmd::Show { row, preset, set }) => {
+            let path = lv_bench::preset::preset_path(&tables::repo_root(), &preset);
+            let cfg = lv_bench::preset::Preset::load(&path)?.resolve(&row, &set)?;
+            // Validated too, so a row that would not train says why here.
+            let res = cfg.validate()?;
+            print!("{}", toml::to_string_pretty(&res.cfg)?);
+        }
     }
     Ok(())
 }

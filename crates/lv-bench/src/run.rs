@@ -133,9 +133,13 @@ struct CheckpointMeta {
 /// Arguments of `lv train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// TOML configuration (`configs/<preset>/<method>-<loss>-<target>.toml`).
+    /// TOML configuration: a full run config, or a preset (`configs/<preset>.toml`) with
+    /// `--row`.
     #[arg(long, required_unless_present = "resume")]
     pub config: Option<PathBuf>,
+    /// The row of a preset file: `<method>-<loss>-<target>` (e.g. `pis-lv-gmm9`).
+    #[arg(long, requires = "config")]
+    pub row: Option<String>,
     /// Override a key: `--set train.steps=500` (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
@@ -187,7 +191,7 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
         }
         None => {
             let path = args.config.as_ref().expect("clap requires --config");
-            let mut cfg = RunConfig::load(path, &args.set)?;
+            let mut cfg = crate::preset::load_run_config(path, args.row.as_deref(), &args.set)?;
             ov.apply(&mut cfg);
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from(format!(

@@ -1,5 +1,6 @@
 //! `lv reproduce`: runs a table specification (data in `configs/tables/<table>.toml`) at a
-//! preset (`configs/<preset>/<method>-<loss>-<target>.toml`) over several seeds, and writes
+//! preset (`configs/<preset>.toml`, rows `<method>-<loss>-<target>`, crate::preset) over
+//! several seeds, and writes
 //!
 //! ```text
 //! results/<table>/<preset>/<method>-<loss>-<target>-seed<s>/   one run folder per (row, seed)
@@ -108,6 +109,7 @@ pub fn repo_root() -> PathBuf {
 struct Job {
     key: String,
     seed: u64,
+    /// The preset file; the row is `key`.
     config: PathBuf,
     dir: PathBuf,
     hash: String,
@@ -141,6 +143,9 @@ fn plan(args: &ReproduceArgs, spec: &TableSpec) -> Result<Vec<Job>> {
             vec![1, 2, 3]
         }
     });
+    let preset_file = crate::preset::preset_path(&repo_root(), &args.preset);
+    let preset = crate::preset::Preset::load(&preset_file)
+        .with_context(|| format!("preset `{}`", args.preset))?;
     let mut jobs = Vec::new();
     for r in &spec.rows {
         let key = row_key(r);
@@ -149,19 +154,9 @@ fn plan(args: &ReproduceArgs, spec: &TableSpec) -> Result<Vec<Job>> {
                 continue;
             }
         }
-        let config = repo_root()
-            .join("configs")
-            .join(&args.preset)
-            .join(format!("{key}.toml"));
-        if !config.exists() {
-            bail!(
-                "row `{key}` has no config for preset `{}`: {} is missing",
-                args.preset,
-                config.display()
-            );
-        }
+        let config = preset_file.clone();
         for &seed in &seeds {
-            let mut cfg = RunConfig::load(&config, &[])?;
+            let mut cfg = preset.resolve(&key, &[])?;
             cfg.seed = seed;
             let steps = cfg.train.steps;
             cfg.clone()
@@ -215,6 +210,8 @@ fn spawn(job: &Job, ov: &Overrides) -> Result<Child> {
         cmd.arg("train")
             .arg("--config")
             .arg(&job.config)
+            .arg("--row")
+            .arg(&job.key)
             .arg("--out")
             .arg(&job.dir)
             .arg("--set")
@@ -473,7 +470,7 @@ fn render_markdown(
             continue;
         }
         seen.push(j.key.clone());
-        let c = RunConfig::load(&j.config, &[])?;
+        let c = crate::preset::Preset::load(&j.config)?.resolve(&j.key, &[])?;
         let explore = if c.train.explore_scale > 1.0 {
             format!("{} ({})", c.train.explore_scale, c.train.explore_steps)
         } else {
@@ -557,16 +554,22 @@ fn emit_slurm(dir: &Path, args: &ReproduceArgs, jobs: &[Job]) -> Result<()> {
     let root = repo_root();
     for j in jobs {
         let config = j.config.strip_prefix(&root).unwrap_or(&j.config);
-        list += &format!("{} {} {}\n", config.display(), j.seed, j.dir.display());
+        list += &format!(
+            "{} {} {} {}\n",
+            config.display(),
+            j.key,
+            j.seed,
+            j.dir.display()
+        );
     }
     write_atomic(&dir.join("jobs.txt"), list.as_bytes())?;
     let script = format!(
         "#!/bin/bash\n#SBATCH --job-name=lv-{table}-{preset}\n#SBATCH --array=1-{n}\n#SBATCH --gres=gpu:1\n#SBATCH --cpus-per-task=4\n#SBATCH --time=24:00:00\n\
          # One (row, seed) per array index; run from the repository root after `cargo xtask setup`\n\
          # and `cargo build --release -p lv-bench`.\nset -euo pipefail\n\
-         line=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {jobs})\nread -r config seed out <<< \"$line\"\n\
+         line=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {jobs})\nread -r config row seed out <<< \"$line\"\n\
          mkdir -p \"$out\"\n\
-         if [ -f \"$out/checkpoint.json\" ]; then\n  ./target/release/lv --device auto train --resume \"$out\" --quiet\nelse\n  ./target/release/lv --device auto train --config \"$config\" --set seed=$seed --out \"$out\" --quiet\nfi\n",
+         if [ -f \"$out/checkpoint.json\" ]; then\n  ./target/release/lv --device auto train --resume \"$out\" --quiet\nelse\n  ./target/release/lv --device auto train --config \"$config\" --row \"$row\" --set seed=$seed --out \"$out\" --quiet\nfi\n",
         table = args.table,
         preset = args.preset,
         n = jobs.len(),

@@ -141,6 +141,10 @@ fn cases(f: &Fixture) -> Vec<Case> {
     let cfg = f.cfg.display().to_string();
     let run = f.run.display().to_string();
     let fresh = f.p("fresh");
+    let preset = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/quick.toml")
+        .display()
+        .to_string();
     let train_set = |set: &str, expect: &'static str| {
         case(
             &[
@@ -217,6 +221,34 @@ fn cases(f: &Fixture) -> Vec<Case> {
         train_set("=3", "empty key"),
         train_set("train.steps.x=1", "not a table"),
         train_set("train.batch=\"many\"", "invalid type"),
+        // Presets and rows.
+        case(
+            &["train", "--config", &preset, "--out", &fresh],
+            "is a preset",
+        ),
+        case(
+            &[
+                "train",
+                "--config",
+                &cfg,
+                "--row",
+                "pis-lv-gmm9",
+                "--out",
+                &fresh,
+            ],
+            "--row needs a preset",
+        ),
+        case(
+            &[
+                "train", "--config", &preset, "--row", "pis-lv", "--out", &fresh,
+            ],
+            "<method>-<loss>-<target>",
+        ),
+        case(&["config", "show", "pis-lv-nowhere"], "nowhere"),
+        case(
+            &["config", "show", "pis-lv-gmm9", "--preset", "nope"],
+            "nope",
+        ),
         // Config files and run folders.
         case(
             &["train", "--config", &f.p("missing.toml"), "--out", &fresh],
