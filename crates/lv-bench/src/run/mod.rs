@@ -1,0 +1,393 @@
+//! `lv train`, `lv eval`, `lv sample`: build a run from a validated config, train with
+//! checkpoints and an EMA, evaluate (log Z, ESS, sample metrics) and write the run folder:
+//!
+//! ```text
+//! RUN/config.toml            the resolved configuration
+//! RUN/checkpoint.safetensors model, EMA shadow, Adam state and the step counters (one
+//!                            atomic rename: the whole checkpoint)
+//! RUN/checkpoint.json        a readable copy of the counters (written after; resume trusts
+//!                            the tensor file's copy, so a kill between the two is harmless)
+//! RUN/metrics.jsonl          the training curve
+//! RUN/results.json           the final evaluation
+//! RUN/samples.npy            terminal samples of the final evaluation
+//! ```
+//!
+//! Determinism: torch's generator is re-seeded at every step from (seed, step), so a run
+//! resumed from a checkpoint draws exactly the noises of an uninterrupted one.
+
+use crate::config::{Resolved, RunConfig};
+
+mod build;
+mod evaluate;
+mod folder;
+
+pub(crate) use build::controls_of;
+pub use build::{build, Built};
+pub(crate) use evaluate::evaluate_run;
+pub use evaluate::{
+    reference_samples, reference_stds, sample_metrics, to_array, StdReference,
+    STD_REFERENCE_SAMPLES,
+};
+pub use folder::write_atomic;
+pub(crate) use folder::*;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lv_core::driver::{
+    step_seed, Averager, Checkpoint, Driver, EvalRecord, Observer, Schedule, StepRecord,
+};
+use lv_core::estimate::Evaluation;
+use lv_core::method::{Method, MethodKind};
+use lv_core::sim::Controls;
+use lv_core::train::{Counters, StepStats, Trainer};
+use lv_core::{Control, Target};
+use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
+use lv_nets::ctrl::{
+    ClippedCtrl, ControlKind, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
+};
+use lv_nets::ema::Ema;
+use lv_nets::select_device;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// Arguments of `lv train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// TOML configuration: a full run config, or a preset (`configs/<preset>.toml`) with
+    /// `--row`.
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// The row of a preset file: `<method>-<loss>-<target>` (e.g. `pis-lv-gmm9`).
+    #[arg(long, requires = "config")]
+    pub row: Option<String>,
+    /// Override a key: `--set train.steps=500` (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Run folder (default: `runs/<method>-<loss>-<target>-seed<seed>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many steps of this invocation (for tests of resuming).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Global flags that override a run config when given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub device: Option<lv_nets::DeviceChoice>,
+    pub threads: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, cfg: &mut RunConfig) {
+        if let Some(d) = self.device {
+            cfg.device = d;
+        }
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+    }
+}
+
+/// `lv train`.
+pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
+    let (cfg, dir, resume) = match &args.resume {
+        Some(dir) => {
+            let mut cfg = RunConfig::load(&dir.join("config.toml"), &args.set)?;
+            // Only device and threads may change on resume (the seed fixes the noises).
+            cfg.device = ov.device.unwrap_or(cfg.device);
+            cfg.threads = ov.threads.unwrap_or(cfg.threads);
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let path = args.config.as_ref().expect("clap requires --config");
+            let mut cfg = crate::preset::load_run_config(path, args.row.as_deref(), &args.set)?;
+            ov.apply(&mut cfg);
+            let dir = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!(
+                    "runs/{}-{}-{}-seed{}",
+                    cfg.method, cfg.loss, cfg.target, cfg.seed
+                ))
+            });
+            (cfg, dir, false)
+        }
+    };
+    let res = cfg.validate()?;
+    lv_nets::set_threads(res.cfg.threads);
+    if resume && !dir.join("checkpoint.safetensors").exists() {
+        bail!(
+            "{} has no checkpoint to resume from (checkpoint.safetensors)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating run folder {}", dir.display()))?;
+    // One writer per folder, held until this process exits.
+    let _lock = crate::lock::lock_run(&dir)?;
+    if !resume {
+        for f in ["config.toml", "checkpoint.safetensors"] {
+            if dir.join(f).exists() {
+                bail!(
+                    "run folder {} already holds a run ({f}); continue it with `lv train --resume {}`, or train into another --out",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+        let text = toml::to_string_pretty(&res.cfg)?;
+        write_atomic(&dir.join("config.toml"), text.as_bytes())?;
+    }
+    tch::manual_seed(res.cfg.seed as i64);
+    let built = build(&res)?;
+    train_built(&res, &built, &dir, resume, args.stop_after, args.quiet)?;
+    Ok(dir)
+}
+
+fn train_built(
+    res: &Resolved,
+    b: &Built,
+    dir: &Path,
+    resume: bool,
+    stop_after: Option<usize>,
+    quiet: bool,
+) -> Result<()> {
+    let cfg = &res.cfg;
+    let controls = controls_of(b);
+    let settings_subtraj = cfg.train.subtraj.is_some();
+    let mut settings = cfg.train.clone();
+    // The batch of lv_traj is B·K; the trainer draws B = batch / K initial points.
+    settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
+    let trainer = Trainer::new(
+        &b.method,
+        b.target.as_ref(),
+        controls,
+        res.loss,
+        settings,
+        b.device,
+        None,
+    );
+    let mut trainer = match &b.potential {
+        Some(p) if settings_subtraj => trainer.with_potential(p.as_ref())?,
+        _ => trainer,
+    };
+    let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64);
+    let mut seconds = 0.0;
+    let ckpt = dir.join("checkpoint.safetensors");
+    let meta_path = dir.join("checkpoint.json");
+    if resume {
+        let (tensors, meta) = read_checkpoint(dir)?;
+        restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
+        // Re-sync the readable copy (stale if the kill fell between the two renames) and
+        // forget the training curve past the checkpoint.
+        write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        truncate_metrics(&dir.join("metrics.jsonl"), meta.counters.step)?;
+        trainer.counters = meta.counters.clone();
+        trainer.apply_clip_schedule();
+        seconds = meta.seconds;
+        eprintln!(
+            "resuming {} at step {}",
+            dir.display(),
+            trainer.counters.step
+        );
+    } else {
+        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+    }
+    let total = cfg.train.steps;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(trainer.counters.step as u64);
+    let metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("metrics.jsonl"))?;
+    let mut sink = MetricsFile {
+        file: metrics,
+        bar: &bar,
+    };
+    let mut store = FolderCheckpoint {
+        vs: &b.vs,
+        ckpt: &ckpt,
+        meta_path: &meta_path,
+    };
+    let schedule = Schedule {
+        steps: total,
+        seed: cfg.seed,
+        eval_every: cfg.eval.every,
+        eval_n: cfg.eval.n_during,
+        eval_chunk: cfg.eval.chunk,
+        log_every: cfg.log_every,
+        checkpoint_every: cfg.checkpoint_every,
+    };
+    let outcome = Driver::new(&mut trainer, schedule)
+        .resumed_seconds(seconds)
+        .stop_after(stop_after)
+        .run(&mut ema, &mut sink, &mut store)?;
+    if !outcome.finished {
+        bar.abandon();
+        return Ok(());
+    }
+    bar.finish();
+    drop(sink);
+    drop(trainer);
+    ema.swap_in();
+    let results = evaluate_run(res, b, dir, outcome.seconds, &outcome.counters, true)?;
+    ema.swap_out();
+    if !quiet {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}
+
+/// Arguments of `lv eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The run folder.
+    pub run: PathBuf,
+    /// Override a key of the run's config (e.g. `eval.n=20000`); training keys are ignored.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+}
+
+/// Arguments of `lv sample`.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// The run folder.
+    pub run: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Output file (.npy, float32 [n, d]).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Loads a finished or interrupted run with its EMA weights in the model.
+fn open_run(
+    dir: &Path,
+    set: &[String],
+    ov: &Overrides,
+) -> Result<(Resolved, Built, CheckpointMeta)> {
+    let mut cfg = RunConfig::load(&dir.join("config.toml"), set)?;
+    cfg.device = ov.device.unwrap_or(cfg.device);
+    cfg.threads = ov.threads.unwrap_or(cfg.threads);
+    let res = cfg.validate()?;
+    lv_nets::set_threads(res.cfg.threads);
+    let built = build(&res)?;
+    let (tensors, meta) = read_checkpoint(dir)?;
+    let ema: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix("ema.")
+                .map(|s| (s.to_string(), t.shallow_clone()))
+        })
+        .collect();
+    lv_nets::checkpoint::load_into_var_store(&built.vs, &ema).context("loading the EMA weights")?;
+    Ok((res, built, meta))
+}
+
+/// `lv eval RUN`: evaluates the run's EMA weights again and rewrites results.json. While a
+/// trainer holds the folder ([`crate::lock`]), it evaluates the latest checkpoint, prints the
+/// results and writes nothing into the folder (its results belong to the trainer).
+pub fn eval(args: &EvalArgs, ov: &Overrides) -> Result<()> {
+    if !args.run.join("config.toml").exists() {
+        bail!(
+            "{} is not a run folder (no config.toml)",
+            args.run.display()
+        );
+    }
+    let lock = crate::lock::lock_run(&args.run).ok();
+    let (res, built, meta) = open_run(&args.run, &args.set, ov)?;
+    if lock.is_none() {
+        eprintln!(
+            "{} is being trained: evaluating its checkpoint at step {} without writing into the folder",
+            args.run.display(),
+            meta.counters.step
+        );
+    }
+    let results = evaluate_run(
+        &res,
+        &built,
+        &args.run,
+        meta.seconds,
+        &meta.counters,
+        lock.is_some(),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    Ok(())
+}
+
+/// `lv sample RUN -n N --out FILE.npy`.
+pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
+    if args.n == 0 || args.n > lv_core::check::MAX_COUNT {
+        bail!(
+            "-n must be in [1, {}] (got {})",
+            lv_core::check::MAX_COUNT,
+            args.n
+        );
+    }
+    if !args.run.join("config.toml").exists() {
+        bail!(
+            "{} is not a run folder (no config.toml)",
+            args.run.display()
+        );
+    }
+    let (res, built, _) = open_run(&args.run, &[], ov)?;
+    let d = built.target.dim();
+    crate::memory::ensure_fits(
+        &format!("{} samples of dimension {d}", args.n),
+        (args.n as u64).saturating_mul(d as u64).saturating_mul(24),
+        "lower -n",
+    )?;
+    tch::manual_seed(ov.seed.unwrap_or(res.cfg.seed) as i64);
+    let d = d as i64;
+    let mut parts = Vec::new();
+    let mut done = 0;
+    while done < args.n {
+        let m = (args.n - done).min(res.cfg.eval.chunk) as i64;
+        let x0 = built.method.prior.sample(m, d, built.device);
+        let out = tch::no_grad(|| {
+            lv_core::sim::simulate(
+                &built.method,
+                built.target.as_ref(),
+                controls_of(&built),
+                &x0,
+                lv_core::sim::SimOptions::new(lv_core::sim::Mode::EvalNoIto),
+            )
+        });
+        parts.push(out.x_final.to_device(Device::Cpu));
+        done += m as usize;
+    }
+    let x = to_array(&Tensor::cat(&parts, 0))?;
+    ndarray_npy::write_npy(&args.out, &x.mapv(|v| v as f32))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} samples of dimension {} to {}",
+        args.n,
+        d,
+        args.out.display()
+    );
+    Ok(())
+}
