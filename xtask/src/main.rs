@@ -3,6 +3,7 @@
 //! Depends on no tch crate: it must run before libtorch exists, and it is what installs it.
 
 mod bench;
+mod fuzz;
 mod libtorch;
 
 use anyhow::{bail, Context, Result};
@@ -32,6 +33,9 @@ enum Cmd {
     /// Training steps/s of `lv bench-step` on the standard configurations; with `--compare`
     /// also of the PyTorch baseline (benches/baselines/pytorch_step.py), with the ratio.
     Bench(bench::BenchArgs),
+    /// Run each cargo-fuzz target of `fuzz/` for a bounded time (stable toolchain via
+    /// RUSTC_BOOTSTRAP=1, no sanitizer) and report executions and findings.
+    Fuzz(fuzz::FuzzArgs),
     /// Reproduce the benchmark tables (see the README).
     ReproduceTable {
         /// Extra arguments passed to `lv reproduce` (for example `--preset quick`).
@@ -76,6 +80,11 @@ fn run() -> Result<()> {
         Cmd::Bench(args) => {
             libtorch::ensure(&root)?;
             bench::run(&root, &args)?;
+        }
+        Cmd::Fuzz(args) => {
+            // The config and checkpoint targets link libtorch.
+            let lt = libtorch::ensure(&root)?;
+            fuzz::run(&root, &lt.root, &args)?;
         }
         Cmd::ReproduceTable { args } => {
             libtorch::ensure(&root)?;

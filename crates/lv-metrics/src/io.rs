@@ -8,7 +8,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{Array2, ArrayView2};
-use ndarray_npy::{ReadNpyError, ReadNpyExt};
+use ndarray_npy::{ReadDataError, ReadNpyError, ReadNpyExt, ReadableElement};
+use py_literal::Value as PyValue;
 
 /// Loads samples from `path`: `.npy` files (detected by the NumPy magic
 /// bytes or the extension) via [`load_npy`], anything else as CSV via
@@ -56,20 +57,139 @@ fn npy_error(name: &str, e: ReadNpyError) -> anyhow::Error {
     }
 }
 
-fn parse_npy(bytes: &[u8], name: &str) -> Result<Array2<f64>> {
+/// Parses the bytes of a `.npy` file (see [`load_npy`]); `name` is used in error messages.
+pub fn parse_npy(bytes: &[u8], name: &str) -> Result<Array2<f64>> {
     if bytes.is_empty() {
         bail!("{name}: empty file");
     }
-    let arr = match Array2::<f64>::read_npy(bytes) {
-        Ok(a) => a,
-        Err(ReadNpyError::WrongDescriptor(_)) => match Array2::<f32>::read_npy(bytes) {
-            Ok(a) => a.mapv(f64::from),
-            Err(e) => return Err(npy_error(name, e)),
-        },
-        Err(e) => return Err(npy_error(name, e)),
-    };
+    check_npy_header(bytes, name)?;
+    let arr = Array2::<Sample>::read_npy(bytes)
+        .map_err(|e| npy_error(name, e))?
+        .mapv(|s| s.0);
     validate(arr.view(), name)?;
     Ok(arr.as_standard_layout().into_owned())
+}
+
+/// Deepest bracket nesting accepted in a `.npy` header. The header is a Python literal
+/// parsed by `py_literal`, whose parser backtracks exponentially in the nesting depth
+/// (20 nested `[` took 27 s, found by `cargo xtask fuzz`); a float array's header nests 2.
+const NPY_MAX_HEADER_DEPTH: usize = 4;
+
+/// Cheap checks of the `.npy` prefix before `ndarray-npy` parses it: the declared header
+/// length must fit in the file (it is allocated up front, up to 4 GiB) and the header must
+/// not nest brackets deeper than [`NPY_MAX_HEADER_DEPTH`]. Anything else is left to
+/// `ndarray-npy`, which reports it.
+fn check_npy_header(bytes: &[u8], name: &str) -> Result<()> {
+    let (prefix, header_len): (usize, usize) = match bytes {
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 1, _, a, b, ..] => {
+            (10, usize::from(u16::from_le_bytes([*a, *b])))
+        }
+        [0x93, b'N', b'U', b'M', b'P', b'Y', 2 | 3, _, a, b, c, d, ..] => {
+            (12, u32::from_le_bytes([*a, *b, *c, *d]) as usize)
+        }
+        _ => return Ok(()),
+    };
+    let Some(header) = bytes.get(prefix..prefix.saturating_add(header_len)) else {
+        bail!(
+            "{name}: invalid .npy file: header length {header_len} exceeds the file size ({} bytes)",
+            bytes.len()
+        );
+    };
+    let mut depth = 0usize;
+    for &c in header {
+        match c {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > NPY_MAX_HEADER_DEPTH {
+                    bail!(
+                        "{name}: invalid .npy file: header nests brackets deeper than \
+                         {NPY_MAX_HEADER_DEPTH} levels"
+                    );
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    // ndarray-npy unwraps `from_shape_vec`, which rejects a shape whose non-zero lengths
+    // multiply past isize::MAX even when a zero length makes it empty: `(0, 2**63)`
+    // panicked (found by `cargo xtask fuzz`). Every `'shape'` entry is checked (the parser's
+    // own header rules are left to it).
+    let Ok(text) = std::str::from_utf8(header) else {
+        return Ok(());
+    };
+    let Ok(PyValue::Dict(entries)) = text.strip_suffix('\n').unwrap_or(text).parse() else {
+        return Ok(());
+    };
+    for (key, value) in &entries {
+        let (PyValue::String(k), Some(dims)) = (key, value.as_tuple()) else {
+            continue;
+        };
+        if k != "shape" {
+            continue;
+        }
+        let mut n: usize = 1;
+        for d in dims {
+            let Some(d) = d
+                .as_integer()
+                .and_then(|i| i.to_string().parse::<usize>().ok())
+            else {
+                continue; // not a valid length: ndarray-npy reports it
+            };
+            if d != 0 {
+                n = n
+                    .checked_mul(d)
+                    .filter(|&n| n <= isize::MAX as usize)
+                    .with_context(|| {
+                        format!("{name}: invalid .npy file: shape {value} is too large")
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sample value read from `<f8`, `>f8`, `<f4` or `>f4` data. The data length is checked
+/// against the header's shape before anything is allocated: `ndarray-npy`'s own f64/f32
+/// readers allocate the declared number of elements first, so an 86-byte file declaring
+/// 10^16 elements aborted the process (found by `cargo xtask fuzz`).
+#[derive(Clone, Copy)]
+struct Sample(f64);
+
+impl ReadableElement for Sample {
+    fn read_to_end_exact_vec<R: std::io::Read>(
+        mut reader: R,
+        type_desc: &PyValue,
+        len: usize,
+    ) -> std::result::Result<Vec<Self>, ReadDataError> {
+        let (size, big_endian) = match type_desc {
+            PyValue::String(s) if s == "<f8" => (8, false),
+            PyValue::String(s) if s == ">f8" => (8, true),
+            PyValue::String(s) if s == "<f4" => (4, false),
+            PyValue::String(s) if s == ">f4" => (4, true),
+            other => return Err(ReadDataError::WrongDescriptor(other.clone())),
+        };
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data)?;
+        let want = len.checked_mul(size).ok_or(ReadDataError::MissingData)?;
+        if data.len() < want {
+            return Err(ReadDataError::MissingData);
+        }
+        if data.len() > want {
+            return Err(ReadDataError::ExtraBytes(data.len() - want));
+        }
+        Ok(data
+            .chunks_exact(size)
+            .map(|c| {
+                Sample(match (size, big_endian) {
+                    (8, false) => f64::from_le_bytes(c.try_into().expect("8 bytes")),
+                    (8, true) => f64::from_be_bytes(c.try_into().expect("8 bytes")),
+                    (_, false) => f64::from(f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                    (_, true) => f64::from(f32::from_be_bytes(c.try_into().expect("4 bytes"))),
+                })
+            })
+            .collect())
+    }
 }
 
 fn validate(a: ArrayView2<f64>, name: &str) -> Result<()> {
