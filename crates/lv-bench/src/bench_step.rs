@@ -92,7 +92,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     let threads = ov.threads.unwrap_or(1);
     cfg.threads = threads;
     let res = cfg.validate()?;
-    lv_nets::set_threads(threads);
+    res.runtime.install();
     let built = crate::run::build(&res)?;
     let controls = match &built.v {
         Some(v) => Controls::with_v(built.u.as_ref(), v.as_ref()),

@@ -143,6 +143,23 @@ pub const MAX_SDE_STEPS: usize = 1_000_000;
 /// Most libtorch threads (`threads`, `--threads`).
 pub const MAX_THREADS: usize = 1024;
 
+/// Where and how a run computes, resolved once from its config (after the command-line flags
+/// were applied to it): the device (`auto` decided, `cuda` checked), libtorch's intra-op
+/// threads and the seed. Everything that runs receives this value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Runtime {
+    pub device: tch::Device,
+    pub threads: usize,
+    pub seed: u64,
+}
+
+impl Runtime {
+    /// Sets libtorch's threads of this process (the seed is applied per step by the driver).
+    pub fn install(&self) {
+        lv_nets::set_threads(self.threads);
+    }
+}
+
 /// A validated configuration: parsed names and checked numbers.
 pub struct Resolved {
     pub cfg: RunConfig,
@@ -150,6 +167,8 @@ pub struct Resolved {
     pub loss: LossKind,
     /// The control parametrisation (`control`, absent = [`ControlKind::Default`]).
     pub control: ControlKind,
+    /// Device, threads and seed.
+    pub runtime: Runtime,
 }
 
 impl RunConfig {
@@ -262,11 +281,17 @@ impl RunConfig {
                 self.target
             );
         }
+        let runtime = Runtime {
+            device: lv_nets::select_device(self.device).context("key `device`")?,
+            threads: self.threads,
+            seed: self.seed,
+        };
         Ok(Resolved {
             cfg: self,
             method,
             loss,
             control,
+            runtime,
         })
     }
 }

@@ -47,6 +47,16 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// Starts `lv train --quiet --config CFG --out RUN` in the background.
+fn spawn_train(cfg: &Path, run: &Path) -> std::process::Child {
+    lv().args(["train", "--quiet", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(run)
+        .spawn()
+        .unwrap()
+}
+
 fn model_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
     let t = tch::Tensor::read_safetensors(run.join("checkpoint.safetensors")).unwrap();
     let mut v: Vec<(String, Vec<f32>)> = t
@@ -288,13 +298,7 @@ fn sigkill_mid_run_then_resume_completes() {
         &TINY.replace("steps = 6\nbatch", "steps = 400\nbatch"),
     );
     let run = dir.join("r");
-    let mut child = lv()
-        .args(["train", "--quiet", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&cfg, &run);
     // Wait for a few checkpoints, then SIGKILL (Child::kill sends SIGKILL on Unix).
     let t0 = std::time::Instant::now();
     loop {
@@ -377,13 +381,7 @@ fn second_writer_is_refused_and_readers_work_while_training() {
             .replace("every = 3\n", "every = 0\n"),
     );
     let run = dir.join("run");
-    let mut first = lv()
-        .args(["train", "--quiet", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .spawn()
-        .unwrap();
+    let mut first = spawn_train(&cfg, &run);
     // Wait for the first checkpoint (the trainer holds the lock from before its first step).
     let t0 = std::time::Instant::now();
     while !run.join("checkpoint.safetensors").exists() {

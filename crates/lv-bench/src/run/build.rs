@@ -18,7 +18,7 @@ pub struct Built {
 /// Builds method, target and controls.
 pub fn build(res: &Resolved) -> Result<Built> {
     let cfg = &res.cfg;
-    let device = select_device(cfg.device)?;
+    let device = res.runtime.device;
     let target = lv_targets::by_name(&cfg.target)?;
     let method = Method::from_kind(res.method, cfg.sde.steps)?;
     let vs = VarStore::new(device);

@@ -34,7 +34,8 @@ pub(crate) fn evaluate_run(
     write: bool,
 ) -> Result<serde_json::Value> {
     let cfg = &res.cfg;
-    tch::manual_seed(step_seed(cfg.seed, usize::MAX >> 1));
+    let seed = res.runtime.seed;
+    tch::manual_seed(step_seed(seed, usize::MAX >> 1));
     let out = lv_core::estimate::evaluate(
         &b.method,
         b.target.as_ref(),
@@ -83,7 +84,7 @@ pub(crate) fn evaluate_run(
         serde_json::json!(non_finite_samples),
     );
     if x.nrows() >= 2 {
-        if let Some(m) = sample_metrics(b.target.as_ref(), &x, &cfg.eval, cfg.seed)? {
+        if let Some(m) = sample_metrics(b.target.as_ref(), &x, &cfg.eval, seed)? {
             o.extend(m);
         }
         let (stds, source) = reference_stds(b.target.as_ref())?;

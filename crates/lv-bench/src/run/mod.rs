@@ -46,7 +46,6 @@ use lv_nets::ctrl::{
     ClippedCtrl, ControlKind, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
 };
 use lv_nets::ema::Ema;
-use lv_nets::select_device;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -127,7 +126,7 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
         }
     };
     let res = cfg.validate()?;
-    lv_nets::set_threads(res.cfg.threads);
+    res.runtime.install();
     if resume && !dir.join("checkpoint.safetensors").exists() {
         bail!(
             "{} has no checkpoint to resume from (checkpoint.safetensors)",
@@ -151,7 +150,7 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
         let text = toml::to_string_pretty(&res.cfg)?;
         write_atomic(&dir.join("config.toml"), text.as_bytes())?;
     }
-    tch::manual_seed(res.cfg.seed as i64);
+    tch::manual_seed(res.runtime.seed as i64);
     let built = build(&res)?;
     train_built(&res, &built, &dir, resume, args.stop_after, args.quiet)?;
     Ok(dir)
@@ -234,7 +233,7 @@ fn train_built(
     };
     let schedule = Schedule {
         steps: total,
-        seed: cfg.seed,
+        seed: res.runtime.seed,
         eval_every: cfg.eval.every,
         eval_n: cfg.eval.n_during,
         eval_chunk: cfg.eval.chunk,
@@ -294,7 +293,7 @@ fn open_run(
     cfg.device = ov.device.unwrap_or(cfg.device);
     cfg.threads = ov.threads.unwrap_or(cfg.threads);
     let res = cfg.validate()?;
-    lv_nets::set_threads(res.cfg.threads);
+    res.runtime.install();
     let built = build(&res)?;
     let (tensors, meta) = read_checkpoint(dir)?;
     let ema: Vec<(String, Tensor)> = tensors
@@ -361,7 +360,7 @@ pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
         (args.n as u64).saturating_mul(d as u64).saturating_mul(24),
         "lower -n",
     )?;
-    tch::manual_seed(ov.seed.unwrap_or(res.cfg.seed) as i64);
+    tch::manual_seed(ov.seed.unwrap_or(res.runtime.seed) as i64);
     let d = d as i64;
     let mut parts = Vec::new();
     let mut done = 0;
