@@ -1,0 +1,102 @@
+//! The fused host update of the kept-controls LV path on CPU float32: one pass over the rows
+//! per step computes X_{k+1}, the step's R terms and ∂R/∂u_k from the step's [`StepKernel`].
+
+use super::kernel::StepKernel;
+use tch::{Kind, Tensor};
+
+/// Read-only host view of a contiguous CPU float32 tensor.
+fn host(t: &Tensor) -> &[f32] {
+    assert!(
+        t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous(),
+        "host view needs a contiguous CPU float32 tensor"
+    );
+    // SAFETY: contiguous CPU float32 storage of `numel` elements, alive while `t` is.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
+}
+
+/// Mutable host view of a contiguous CPU float32 tensor. The caller must hold no other view
+/// of the same storage while writing.
+#[allow(clippy::mut_from_ref)]
+fn host_mut(t: &Tensor) -> &mut [f32] {
+    assert!(
+        t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous(),
+        "host view needs a contiguous CPU float32 tensor"
+    );
+    // SAFETY: contiguous CPU float32 storage of `numel` elements, alive while `t` is; the
+    // callers write only tensors they allocated (or own, `r`) and read other tensors.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+}
+
+/// One step of the LV simulation with kept controls (w = u numerically, no graph), fused
+/// over rows: returns X_{k+1} and ∂R/∂u_k, and adds the step's R terms to `r`, exactly as the
+/// tensor code of [`super::simulate_with_noise`] does with the same [`StepKernel`] (the
+/// quadratic term q_k (u−r)·(w − ½(u+r)) and the Itô term (u−r)·ΔŴ_k). Accumulates in
+/// float32 like the tensor path. It never sees an inference control: kept controls require
+/// v = None (asserted in [`super::simulate_with_noise`]), so form 3.2 here is DIS (v ≡ 0)
+/// and has no λ²σ(∇·v)Δ term.
+pub(super) fn fused_lv_update(
+    kernel: StepKernel,
+    xk: &Tensor,
+    u: &Tensor,
+    xi: &Tensor,
+    r: &mut Tensor,
+) -> (Tensor, Tensor) {
+    let xk = xk.contiguous();
+    let u = u.contiguous();
+    let xi = xi.contiguous();
+    let (xs, us, xis) = (host(&xk), host(&u), host(&xi));
+    let n = r.numel();
+    let d = xs.len() / n.max(1);
+    let shape = [n as i64, d as i64];
+    let x_t = Tensor::empty(shape, (Kind::Float, tch::Device::Cpu));
+    let coef_t = Tensor::empty(shape, (Kind::Float, tch::Device::Cpu));
+    let (x_next, coef, rv) = (host_mut(&x_t), host_mut(&coef_t), host_mut(r));
+    let f = |v: f64| v as f32;
+    match kernel {
+        StepKernel::Euler {
+            dt,
+            sigma,
+            a,
+            lam,
+            rs,
+        } => {
+            let rs = f(rs);
+            let sq = f(dt.sqrt());
+            let noise = f(sigma * lam);
+            let (dt, sigma, a, lam) = (f(dt), f(sigma), f(a), f(lam));
+            for (i, ri) in rv.iter_mut().enumerate() {
+                let (mut cost, mut ito) = (0f32, 0f32);
+                for j in i * d..(i + 1) * d {
+                    let (x, uu) = (xs[j], us[j]);
+                    let refu = x * rs;
+                    let diff = uu - refu;
+                    cost += diff * (uu - (uu + refu) * 0.5);
+                    let dw = xis[j] * sq;
+                    ito += diff * dw;
+                    x_next[j] = x + (x * a + uu * sigma) * dt + dw * noise;
+                    coef[j] = dw * lam;
+                }
+                *ri += cost * dt;
+                *ri += ito * lam;
+            }
+        }
+        StepKernel::Exp { beta, .. } => {
+            let decay = f((1.0 - beta * beta).sqrt());
+            let quad = f(kernel.quad());
+            let noise = f(kernel.ito_scale());
+            for (i, ri) in rv.iter_mut().enumerate() {
+                let (mut cost, mut ito) = (0f32, 0f32);
+                for j in i * d..(i + 1) * d {
+                    let uu = us[j];
+                    cost += uu * (uu - uu * 0.5);
+                    ito += uu * xis[j];
+                    x_next[j] = xs[j] * decay + uu * quad + xis[j] * noise;
+                    coef[j] = xis[j] * noise;
+                }
+                *ri += cost * quad;
+                *ri += ito * noise;
+            }
+        }
+    }
+    (x_t, coef_t)
+}
