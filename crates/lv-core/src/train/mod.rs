@@ -18,18 +18,16 @@ use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
 use crate::method::Method;
 use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup, StepLr};
-use crate::sim::{
-    replay_lv, replay_lv_steps, simulate, simulate_with_noise, Controls, DivMode, SimOptions,
-};
+use crate::sim::{Controls, DivMode, SimOptions};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+mod paths;
 mod settings;
 mod shard;
 
 pub use settings::{DivModeSetting, TrainSettings, MIN_SHARD_ROWS};
-use shard::*;
 
 /// Statistics of one step (host values; reading them syncs, so the trainer only fills the
 /// loss when asked to).
@@ -293,7 +291,6 @@ impl<'a> Trainer<'a> {
     /// true the gradients have already been accumulated (chunked replay) and the loss is
     /// detached; otherwise the caller backpropagates the loss.
     pub fn batch_loss(&mut self) -> (Tensor, Tensor, bool) {
-        let d = self.target.dim() as i64;
         let n = self.settings.batch as i64;
         let x0 = self.draw_initial();
         let n_eff = x0.size()[0] as u64;
@@ -337,92 +334,15 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
-        if let Some(forks) = forks {
-            let direct = match path {
-                GradPath::Direct { native } => Some(native),
-                _ => None,
-            };
-            if direct.is_some() {
-                opts.keep_controls = true;
+        let (lv, backward_done) = match (forks, path) {
+            (Some(forks), _) => self.sharded_loss(&x0, opts, path, forks, &loss_of),
+            (None, GradPath::Graph) => self.graph_loss(&x0, opts, &loss_of),
+            (None, GradPath::Direct { native }) => self.direct_loss(&x0, opts, native, &loss_of),
+            (None, GradPath::Replay { chunk_rows }) => {
+                self.replay_loss(&x0, opts, chunk_rows, &loss_of)
             }
-            let noise = Tensor::randn(
-                [self.method.grid.steps() as i64, n_eff as i64, d],
-                (x0.kind(), x0.device()),
-            );
-            let parts = crate::par::split_rows(n_eff as usize, 1, forks.len());
-            let work: Vec<Shard> = parts
-                .iter()
-                .zip(forks)
-                .map(|(r, u)| {
-                    let (a, len) = (r.start as i64, r.len() as i64);
-                    Shard {
-                        u,
-                        x0: x0.narrow(0, a, len).contiguous(),
-                        noise: noise.narrow(1, a, len).contiguous(),
-                    }
-                })
-                .collect();
-            let run = ShardRun {
-                method: self.method,
-                target: self.target,
-                opts,
-                direct,
-            };
-            let (loss, kept, done) = run.run(work, &loss_of);
-            add_fork_grads(self.controls.u, done.iter().map(|s| &*s.u));
-            return (loss, filtered_of(&kept), true);
-        }
-        if let GradPath::Direct { native } = path {
-            // Direct LV gradient: g = dL/dR on a leaf copy of R, then one backward of
-            // Σ_k ⟨u_k, stopgrad(∂R/∂u_k · g)⟩ through the kept control graphs.
-            opts.keep_controls = true;
-            let tape = TapeGuard::start(self.controls.u, native);
-            let out = simulate(self.method, self.target, self.controls, &x0, opts);
-            let kept = out.kept.expect("kept controls requested");
-            let r_leaf = out.rnd.detach().set_requires_grad(true);
-            let lv = loss_of(&r_leaf);
-            lv.loss.backward();
-            kept.backward(&r_leaf.grad());
-            tape.finish();
-            return (lv.loss.detach(), filtered_of(&lv.kept), true);
-        }
-        if self.loss.detached() && self.settings.replay {
-            opts.record = true;
-            let out = tch::no_grad(|| simulate(self.method, self.target, self.controls, &x0, opts));
-            let rec = out.recording.expect("recording requested");
-            let steps = rec.ts.len();
-            let rows = self.settings.replay_rows;
-            let chunk = if rows == 0 || steps * n_eff as usize <= 8 * rows {
-                steps
-            } else {
-                (rows / n_eff.max(1) as usize).clamp(1, steps)
-            };
-            if chunk >= steps {
-                let out = loss_of(&replay_lv(
-                    self.method,
-                    &self.method.grid,
-                    self.controls,
-                    &rec,
-                ));
-                return (out.loss, filtered_of(&out.kept), false);
-            }
-            // Chunked replay: g = dL/dR on a leaf copy of R, then Σ_chunks backward(⟨R_c, g⟩).
-            let r_leaf = out.rnd.detach().set_requires_grad(true);
-            let lv = loss_of(&r_leaf);
-            lv.loss.backward();
-            let g = r_leaf.grad().detach();
-            let mut k0 = 0;
-            while k0 < steps {
-                let k1 = (k0 + chunk).min(steps);
-                let rc =
-                    replay_lv_steps(self.method, &self.method.grid, self.controls, &rec, k0, k1);
-                (rc * &g).sum(Kind::Float).backward();
-                k0 = k1;
-            }
-            return (lv.loss.detach(), filtered_of(&lv.kept), true);
-        }
-        let out = loss_of(&simulate(self.method, self.target, self.controls, &x0, opts).rnd);
-        (out.loss, filtered_of(&out.kept), false)
+        };
+        (lv.loss, filtered_of(&lv.kept), backward_done)
     }
 
     /// One training step (see the module docs). Returns host statistics.

@@ -1,7 +1,11 @@
 //! Batch shards: one batch split into row blocks, each simulated and backpropagated on its own
 //! thread with a forked control ([`TrainSettings::batch_shards`]).
 
-use super::*;
+use crate::control::Control;
+use crate::method::Method;
+use crate::sim::{simulate_with_noise, Controls, SimOptions};
+use crate::target::Target;
+use tch::{Kind, Tensor};
 
 /// One shard of a batch-sharded step: forked controls and the shard's rows.
 pub(super) struct Shard {
