@@ -41,16 +41,19 @@ fn setup(method: &str, target: &str, steps: usize) -> Setup {
     let u: Box<dyn Control> = match method.kind {
         lv_core::method::MethodKind::Dis => {
             let sde = method.sde;
-            Box::new(LerpCtrl::new(
-                &(&root / "u"),
-                d,
-                &cfg,
-                std::sync::Arc::new(move |t| sde.sigma(t)),
-                method.grid.t_end(),
-                1.0,
-            ))
+            Box::new(
+                LerpCtrl::new(
+                    &(&root / "u"),
+                    d,
+                    &cfg,
+                    std::sync::Arc::new(move |t| sde.sigma(t)),
+                    method.grid.t_end(),
+                    1.0,
+                )
+                .unwrap(),
+            )
         }
-        _ => Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg)),
+        _ => Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg).unwrap()),
     };
     Setup {
         _vs: vs,

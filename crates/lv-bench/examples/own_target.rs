@@ -64,7 +64,7 @@ pub fn run(steps: usize) -> Result<Summary> {
     let target = ShiftedGauss;
     let method = Method::from_kind(MethodKind::Pis, 50)?;
     let vs = VarStore::new(Device::Cpu);
-    let u = ScoreCtrl::new(&(vs.root() / "u"), 2, &CtrlConfig::default());
+    let u = ScoreCtrl::new(&(vs.root() / "u"), 2, &CtrlConfig::default())?;
     let settings = TrainSettings {
         steps,
         batch: 128,
@@ -86,7 +86,7 @@ pub fn run(steps: usize) -> Result<Summary> {
         last_steps: steps as u64 / 4,
         ..Default::default()
     };
-    let mut ema = Ema::from_var_store(&vs, &ema_cfg, steps as u64);
+    let mut ema = Ema::from_var_store(&vs, &ema_cfg, steps as u64)?;
     let schedule = Schedule {
         steps,
         ..Default::default()

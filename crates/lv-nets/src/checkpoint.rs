@@ -183,12 +183,12 @@ mod tests {
         let path = dir.join("net.safetensors");
         let cfg = MlpConfig::default();
         let vs = VarStore::new(Device::Cpu);
-        let net = FourierMlp::new(&vs.root(), 2, 2, &cfg);
+        let net = FourierMlp::new(&vs.root(), 2, 2, &cfg).unwrap();
         crate::fourier::tests::randomize(&vs);
         save_var_store(&vs, &path).unwrap();
 
         let vs2 = VarStore::new(Device::Cpu);
-        let net2 = FourierMlp::new(&vs2.root(), 2, 2, &cfg);
+        let net2 = FourierMlp::new(&vs2.root(), 2, 2, &cfg).unwrap();
         load_var_store(&vs2, &path).unwrap();
         let x = Tensor::randn([4, 2], (Kind::Float, Device::Cpu));
         assert!(net
@@ -198,14 +198,14 @@ mod tests {
 
         // Shape mismatch and missing names are errors.
         let vs3 = VarStore::new(Device::Cpu);
-        let _net3 = FourierMlp::new(&vs3.root(), 3, 2, &cfg);
+        let _net3 = FourierMlp::new(&vs3.root(), 3, 2, &cfg).unwrap();
         let err = format!("{:#}", load_var_store(&vs3, &path).unwrap_err());
         assert!(
             err.contains("input.weight") && err.contains("shape"),
             "{err}"
         );
         let vs4 = VarStore::new(Device::Cpu);
-        let _net4 = FourierMlp::new(&(vs4.root() / "other"), 2, 2, &cfg);
+        let _net4 = FourierMlp::new(&(vs4.root() / "other"), 2, 2, &cfg).unwrap();
         let err = format!("{:#}", load_var_store(&vs4, &path).unwrap_err());
         assert!(err.contains("missing"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

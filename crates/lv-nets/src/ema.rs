@@ -119,27 +119,39 @@ pub struct Ema {
 impl Ema {
     /// An EMA of `params` (shallow handles, e.g. from `VarStore::variables()`); the shadow
     /// starts as a detached copy. `every` ≥ 1.
-    pub fn new(params: Vec<(String, Tensor)>, schedule: EmaSchedule, every: u64) -> Self {
-        assert!(every >= 1, "EMA `every` must be >= 1");
+    /// Errors when `every` is 0 or a constant decay lies outside [0, 1].
+    pub fn new(
+        params: Vec<(String, Tensor)>,
+        schedule: EmaSchedule,
+        every: u64,
+    ) -> anyhow::Result<Self> {
+        if every < 1 {
+            anyhow::bail!("key `ema.every` must be ≥ 1 (got {every})");
+        }
         if let EmaSchedule::Constant { decay } = schedule {
-            assert!(
-                (0.0..=1.0).contains(&decay),
-                "EMA decay must be in [0, 1], got {decay}"
-            );
+            if !(0.0..=1.0).contains(&decay) {
+                anyhow::bail!("key `ema.constant_decay` must be in [0, 1] (got {decay})");
+            }
         }
         let shadow = params.iter().map(|(_, p)| p.detach().copy()).collect();
-        Self {
+        Ok(Self {
             params,
             shadow,
             schedule,
             every,
             calls: 0,
             swapped: false,
-        }
+        })
     }
 
     /// An EMA of all variables of `vs` (sorted by name), for a run of `total_steps` steps.
-    pub fn from_var_store(vs: &VarStore, cfg: &EmaConfig, total_steps: u64) -> Self {
+    /// Errors name the invalid setting ([`EmaConfig::check`]).
+    pub fn from_var_store(
+        vs: &VarStore,
+        cfg: &EmaConfig,
+        total_steps: u64,
+    ) -> anyhow::Result<Self> {
+        cfg.check("ema.")?;
         let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         Self::new(params, cfg.schedule(total_steps), cfg.every)
@@ -338,7 +350,7 @@ mod tests {
     #[test]
     fn paper_schedule_numbers() {
         let (_p, list) = one_param(0.0);
-        let ema = Ema::new(list, EmaConfig::default().schedule(60_000), 5);
+        let ema = Ema::new(list, EmaConfig::default().schedule(60_000), 5).unwrap();
         assert_eq!(
             ema.schedule(),
             EmaSchedule::Warmup {
@@ -378,7 +390,7 @@ mod tests {
             power: 0.9,
             cap: 0.9999,
         };
-        let mut ema = Ema::new(list, sched, 5);
+        let mut ema = Ema::new(list, sched, 5).unwrap();
         let mut shadow_ref = 0.0f64;
         for c in 1..=40u64 {
             set(&p, c as f64);
@@ -411,7 +423,7 @@ mod tests {
     #[test]
     fn constant_decay_and_swap() {
         let (p, list) = one_param(1.0);
-        let mut ema = Ema::new(list, EmaSchedule::Constant { decay: 0.5 }, 1);
+        let mut ema = Ema::new(list, EmaSchedule::Constant { decay: 0.5 }, 1).unwrap();
         set(&p, 3.0);
         assert_eq!(ema.update(), EmaAction::Averaged(0.5));
         assert!((val(&ema.shadow()[0].1) - 2.0).abs() < 1e-6);
@@ -439,8 +451,9 @@ mod tests {
             2,
             2,
             &crate::fourier::MlpConfig::default(),
-        );
-        let mut ema = Ema::from_var_store(&vs, &EmaConfig::default(), 100);
+        )
+        .unwrap();
+        let mut ema = Ema::from_var_store(&vs, &EmaConfig::default(), 100).unwrap();
         ema.update();
         let shadow = ema.shadow();
         assert_eq!(shadow.len(), vs.variables().len());
@@ -450,14 +463,15 @@ mod tests {
             2,
             2,
             &crate::fourier::MlpConfig::default(),
-        );
+        )
+        .unwrap();
         ema.copy_to(&vs2).unwrap();
         let (a, b) = (vs.variables(), vs2.variables());
         for (n, t) in &a {
             assert_eq!(t.size(), b[n].size());
             assert!(t.allclose(&b[n], 0.0, 0.0, false), "{n}");
         }
-        let mut ema2 = Ema::from_var_store(&vs2, &EmaConfig::default(), 100);
+        let mut ema2 = Ema::from_var_store(&vs2, &EmaConfig::default(), 100).unwrap();
         ema2.load_shadow(&shadow).unwrap();
         assert!(ema2.load_shadow(&shadow[1..]).is_err());
     }

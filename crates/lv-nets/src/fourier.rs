@@ -86,24 +86,6 @@ impl MlpConfig {
         }
         Ok(())
     }
-
-    fn validate(&self) {
-        assert!(
-            self.width >= 1,
-            "MlpConfig.width must be >= 1, got {}",
-            self.width
-        );
-        assert!(
-            self.num_layers >= 2,
-            "MlpConfig.num_layers counts the input and output layers and must be >= 2, got {}",
-            self.num_layers
-        );
-        assert!(
-            self.num_freqs >= 1,
-            "MlpConfig.num_freqs must be >= 1, got {}",
-            self.num_freqs
-        );
-    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -296,8 +278,10 @@ pub struct FourierMlp {
 impl FourierMlp {
     /// Builds the network for inputs `x: [n, dim]` and outputs `[n, out_dim]` under `p`
     /// (sub-paths `emb`, `time1`, `time2`, `input`, `hidden{i}`, `out`).
-    pub fn new(p: &nn::Path, dim: i64, out_dim: i64, cfg: &MlpConfig) -> Self {
-        cfg.validate();
+    pub fn new(p: &nn::Path, dim: i64, out_dim: i64, cfg: &MlpConfig) -> anyhow::Result<Self> {
+        cfg.check("")?;
+        lv_core::check::count("input dimension", dim.max(0) as usize, 1, 1 << 20)?;
+        lv_core::check::count("output dimension", out_dim.max(0) as usize, 1, 1 << 20)?;
         let c = cfg.width;
         let emb = FourierEmbedding::new(&(p / "emb"), cfg);
         let time1 = torch_linear(p / "time1", emb.out_dim(), c);
@@ -307,7 +291,7 @@ impl FourierMlp {
             .map(|i| torch_linear(p / format!("hidden{i}"), c, c))
             .collect();
         let out = const_linear(p / "out", c, out_dim, 0.0);
-        Self {
+        Ok(Self {
             cache: TimeCache::default(),
             tape: Default::default(),
             pool: Default::default(),
@@ -319,7 +303,7 @@ impl FourierMlp {
             out,
             dim,
             out_dim,
-        }
+        })
     }
 
     /// A copy for another thread with parameters forked as fresh autograd leaves (same values,
@@ -656,8 +640,14 @@ pub struct TimeNet {
 
 impl TimeNet {
     /// Builds s(t) under `p` (sub-paths `emb`, `layer{0,1,2}`, `out`).
-    pub fn new(p: &nn::Path, out_dim: i64, init_bias: f64, cfg: &MlpConfig) -> Self {
-        cfg.validate();
+    pub fn new(
+        p: &nn::Path,
+        out_dim: i64,
+        init_bias: f64,
+        cfg: &MlpConfig,
+    ) -> anyhow::Result<Self> {
+        cfg.check("")?;
+        lv_core::check::count("output dimension", out_dim.max(0) as usize, 1, 1 << 20)?;
         let c = cfg.width;
         let emb = FourierEmbedding::new(&(p / "emb"), cfg);
         let layers = vec![
@@ -666,13 +656,13 @@ impl TimeNet {
             torch_linear(p / "layer2", c, c),
         ];
         let out = const_linear(p / "out", c, out_dim, init_bias);
-        Self {
+        Ok(Self {
             cache: TimeCache::default(),
             emb,
             layers,
             out,
             out_dim,
-        }
+        })
     }
 
     /// Output dimension (1 or d).
@@ -760,7 +750,7 @@ pub(crate) mod tests {
     #[test]
     fn parameter_count_matches_spec() {
         let vs = VarStore::new(Device::Cpu);
-        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
+        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default()).unwrap();
         let n: i64 = vs
             .trainable_variables()
             .iter()
@@ -783,7 +773,7 @@ pub(crate) mod tests {
         let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
-        let net = FourierMlp::new(&vs.root(), 3, 3, &MlpConfig::default());
+        let net = FourierMlp::new(&vs.root(), 3, 3, &MlpConfig::default()).unwrap();
         let x = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
         let y = net.forward_t(0.3, &x);
         assert_eq!(y.size(), vec![5, 3]);
@@ -812,8 +802,8 @@ pub(crate) mod tests {
         let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(2);
         let vs = VarStore::new(Device::Cpu);
-        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
-        let s = TimeNet::new(&(vs.root() / "s"), 2, 0.5, &MlpConfig::default());
+        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default()).unwrap();
+        let s = TimeNet::new(&(vs.root() / "s"), 2, 0.5, &MlpConfig::default()).unwrap();
         randomize(&vs);
         let ts = [0.0, 0.37, 1.0, 4.9];
         let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
@@ -861,7 +851,7 @@ pub(crate) mod tests {
         let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
-        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default());
+        let net = FourierMlp::new(&vs.root(), 2, 2, &MlpConfig::default()).unwrap();
         randomize(&vs);
         let ts = [0.0, 0.37, 1.0, 4.9];
         let n = 3;
@@ -889,7 +879,7 @@ pub(crate) mod tests {
         assert_eq!(cfg.width, 32);
         assert_eq!(cfg.num_freqs, 64);
         let vs = VarStore::new(Device::Cpu);
-        let net = FourierMlp::new(&vs.root(), 2, 1, &cfg);
+        let net = FourierMlp::new(&vs.root(), 2, 1, &cfg).unwrap();
         let y = net.forward_t(1.0, &Tensor::zeros([4, 2], (Kind::Float, Device::Cpu)));
         assert_eq!(y.size(), vec![4, 1]);
         assert_eq!(net.hidden.len(), 1);
@@ -899,7 +889,7 @@ pub(crate) mod tests {
     #[test]
     fn time_net_initial_output_is_the_bias() {
         let vs = VarStore::new(Device::Cpu);
-        let s = TimeNet::new(&vs.root(), 3, 0.01, &MlpConfig::default());
+        let s = TimeNet::new(&vs.root(), 3, 0.01, &MlpConfig::default()).unwrap();
         let y = s.forward_many(&[0.0, 0.5], 2);
         assert_eq!(y.size(), vec![4, 3]);
         assert!(max_abs_diff(&y, &Tensor::full([4, 3], 0.01, (Kind::Float, Device::Cpu))) < 1e-8);

@@ -40,17 +40,20 @@ fn sampler(pis: bool, dim: i64, steps: usize, seed: i64) -> (Method, VarStore, B
     let vs = VarStore::new(Device::Cpu);
     let cfg = CtrlConfig::default();
     let ctrl: Box<dyn Control> = if pis {
-        Box::new(ScoreCtrl::new(&vs.root(), dim, &cfg))
+        Box::new(ScoreCtrl::new(&vs.root(), dim, &cfg).unwrap())
     } else {
         let sde = meth.sde;
-        Box::new(LerpCtrl::new(
-            &vs.root(),
-            dim,
-            &cfg,
-            std::sync::Arc::new(move |t| sde.sigma(t)),
-            1.0,
-            1.0,
-        ))
+        Box::new(
+            LerpCtrl::new(
+                &vs.root(),
+                dim,
+                &cfg,
+                std::sync::Arc::new(move |t| sde.sigma(t)),
+                1.0,
+                1.0,
+            )
+            .unwrap(),
+        )
     };
     randomize(&vs);
     (meth, vs, ctrl)
@@ -144,7 +147,7 @@ fn taped_fourier_mlp_matches_autograd() {
             num_layers: layers,
             ..MlpConfig::default()
         };
-        let net = FourierMlp::new(&vs.root(), d, d, &cfg);
+        let net = FourierMlp::new(&vs.root(), d, d, &cfg).unwrap();
         randomize(&vs);
         let params = vs.trainable_variables();
         let ts = [0.0, 0.25, 0.5, 0.75];
@@ -226,16 +229,16 @@ fn taped_control_heads_match_autograd() {
         };
         let label = |name: &str| format!("{name}, s(t) per dimension: {per_dim}");
         let vs = VarStore::new(Device::Cpu);
-        let c = ScoreCtrl::new(&vs.root(), d, &cfg);
+        let c = ScoreCtrl::new(&vs.root(), d, &cfg).unwrap();
         check_taped_head(&label("ScoreCtrl"), &vs, &c, c.net());
         let vs = VarStore::new(Device::Cpu);
-        let c = LerpCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0, 1.3);
+        let c = LerpCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0, 1.3).unwrap();
         check_taped_head(&label("LerpCtrl"), &vs, &c, c.net());
         let vs = VarStore::new(Device::Cpu);
-        let c = LerpTargetCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0);
+        let c = LerpTargetCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0).unwrap();
         check_taped_head(&label("LerpTargetCtrl"), &vs, &c, c.0.net());
         let vs = VarStore::new(Device::Cpu);
-        let c = LerpPriorCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0, 0.7);
+        let c = LerpPriorCtrl::new(&vs.root(), d, &cfg, sigma.clone(), 1.0, 0.7).unwrap();
         check_taped_head(&label("LerpPriorCtrl"), &vs, &c, c.0.net());
     }
 }
@@ -439,7 +442,8 @@ fn forks_share_values_not_gradients() {
         std::sync::Arc::new(move |t| sde.sigma(t)),
         1.0,
         1.0,
-    );
+    )
+    .unwrap();
     // Default initialisation (randomised weights would saturate the clamps on 5 rows).
     let fork = ctrl.fork().expect("LerpCtrl forks");
     let (pp, fp) = (ctrl.parameters(), fork.parameters());

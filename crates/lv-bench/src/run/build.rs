@@ -30,7 +30,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
     let mut potential = None;
     let (u, v): (Box<dyn Control>, Option<Box<dyn Control>>) = match (res.method, res.control) {
         (MethodKind::Dis, ControlKind::Potential) => {
-            let p = Rc::new(PotentialCtrl::new(&(&root / "u"), d, &cfg.model, sigma()));
+            let p = Rc::new(PotentialCtrl::new(&(&root / "u"), d, &cfg.model, sigma())?);
             potential = Some(p.clone());
             (Box::new(p), None)
         }
@@ -41,7 +41,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
                 &cfg.model,
                 sigma(),
                 t_end,
-            )),
+            )?),
             Some(Box::new(LerpPriorCtrl::new(
                 &(&root / "v"),
                 d,
@@ -49,15 +49,15 @@ pub fn build(res: &Resolved) -> Result<Built> {
                 sigma(),
                 t_end,
                 1.0,
-            ))),
+            )?)),
         ),
         (_, ControlKind::Clipped) => (
-            Box::new(ClippedCtrl::new(&(&root / "u"), d, &cfg.model)),
+            Box::new(ClippedCtrl::new(&(&root / "u"), d, &cfg.model)?),
             None,
         ),
         _ => match res.method {
             MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
-                Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)),
+                Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)?),
                 None,
             ),
             MethodKind::Dis => (
@@ -68,7 +68,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
                     sigma(),
                     t_end,
                     1.0,
-                )),
+                )?),
                 None,
             ),
             MethodKind::Bridge => unreachable!("the bridge is matched above"),

@@ -183,7 +183,7 @@ fn train_built(
         Some(p) if settings_subtraj => trainer.with_potential(p.as_ref())?,
         _ => trainer,
     };
-    let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64);
+    let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64)?;
     let mut seconds = 0.0;
     let ckpt = dir.join("checkpoint.safetensors");
     let meta_path = dir.join("checkpoint.json");

@@ -11,11 +11,13 @@ pub struct ClippedCtrl {
 
 impl ClippedCtrl {
     /// NN under `p / "net"`.
-    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig) -> Self {
-        Self {
-            net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp),
+    /// Errors name the invalid setting ([`CtrlConfig::check`], `dim` ≥ 1).
+    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig) -> anyhow::Result<Self> {
+        cfg.check("")?;
+        Ok(Self {
+            net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp)?,
             clips: Clips::new(cfg),
-        }
+        })
     }
 
     /// The base network.

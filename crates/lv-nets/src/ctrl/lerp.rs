@@ -80,7 +80,7 @@ impl LerpCtrl {
         sigma: SigmaFn,
         horizon: f64,
         prior_std: f64,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         Self::with_terms(p, dim, cfg, sigma, horizon, prior_std, LerpTerms::Both)
     }
 
@@ -93,23 +93,21 @@ impl LerpCtrl {
         horizon: f64,
         prior_std: f64,
         terms: LerpTerms,
-    ) -> Self {
-        assert!(horizon > 0.0, "horizon T must be positive, got {horizon}");
-        assert!(
-            prior_std > 0.0,
-            "prior std must be positive, got {prior_std}"
-        );
+    ) -> anyhow::Result<Self> {
+        cfg.check("")?;
+        lv_core::check::positive("horizon", horizon)?;
+        lv_core::check::positive("prior std", prior_std)?;
         let init = cfg.scale_init.unwrap_or(LERP_SCALE_INIT);
-        Self {
-            net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp),
-            scale: TimeNet::new(&(p / "scale"), cfg.scale_dim(dim), init, &cfg.mlp),
+        Ok(Self {
+            net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp)?,
+            scale: TimeNet::new(&(p / "scale"), cfg.scale_dim(dim), init, &cfg.mlp)?,
             clips: Clips::new(cfg),
             sigma,
             horizon,
             prior_var: prior_std * prior_std,
             terms,
             head: TimeCache::default(),
-        }
+        })
     }
 
     /// Which terms are interpolated.
@@ -240,8 +238,14 @@ pub struct LerpTargetCtrl(pub LerpCtrl);
 
 impl LerpTargetCtrl {
     /// See [`LerpCtrl::new`] (the prior std is irrelevant here).
-    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig, sigma: SigmaFn, horizon: f64) -> Self {
-        Self(LerpCtrl::with_terms(
+    pub fn new(
+        p: &nn::Path,
+        dim: i64,
+        cfg: &CtrlConfig,
+        sigma: SigmaFn,
+        horizon: f64,
+    ) -> anyhow::Result<Self> {
+        Ok(Self(LerpCtrl::with_terms(
             p,
             dim,
             cfg,
@@ -249,7 +253,7 @@ impl LerpTargetCtrl {
             horizon,
             1.0,
             LerpTerms::Target,
-        ))
+        )?))
     }
 }
 
@@ -268,8 +272,8 @@ impl LerpPriorCtrl {
         sigma: SigmaFn,
         horizon: f64,
         prior_std: f64,
-    ) -> Self {
-        Self(LerpCtrl::with_terms(
+    ) -> anyhow::Result<Self> {
+        Ok(Self(LerpCtrl::with_terms(
             p,
             dim,
             cfg,
@@ -277,7 +281,7 @@ impl LerpPriorCtrl {
             horizon,
             prior_std,
             LerpTerms::Prior,
-        ))
+        )?))
     }
 }
 

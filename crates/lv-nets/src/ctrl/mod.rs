@@ -105,13 +105,8 @@ struct Clips {
 }
 
 impl Clips {
+    /// From a checked config ([`CtrlConfig::check`]: positive clips).
     fn new(cfg: &CtrlConfig) -> Self {
-        assert!(
-            cfg.clip_model > 0.0 && cfg.clip_score > 0.0,
-            "clip values must be positive, got clip_model = {}, clip_score = {}",
-            cfg.clip_model,
-            cfg.clip_score
-        );
         Self {
             model: cfg.clip_model,
             score: cfg.clip_score,
@@ -271,7 +266,7 @@ mod tests {
         let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
-        let c = ClippedCtrl::new(&vs.root(), 2, &CtrlConfig::default());
+        let c = ClippedCtrl::new(&vs.root(), 2, &CtrlConfig::default()).unwrap();
         let x = Tensor::randn([4, 2], CPU);
         assert_eq!(c.eval(0.1, &x, None).abs().max().double_value(&[]), 0.0);
         assert!(!c.needs_target_score());
@@ -292,7 +287,7 @@ mod tests {
         let _rng = lv_core::testing::rng_lock();
         tch::manual_seed(0);
         let vs = VarStore::new(Device::Cpu);
-        let c = ScoreCtrl::new(&vs.root(), 2, &CtrlConfig::default());
+        let c = ScoreCtrl::new(&vs.root(), 2, &CtrlConfig::default()).unwrap();
         assert!(c.needs_target_score());
         let x = Tensor::randn([3, 2], CPU);
         let score = Tensor::from_slice(&[1.0f32, -2.0, 30.0, -40.0, 5.0, 0.5]).reshape([3, 2]);
@@ -317,7 +312,7 @@ mod tests {
             scale_per_dim: true,
             ..Default::default()
         };
-        let c = ScoreCtrl::new(&vs.root(), 3, &cfg);
+        let c = ScoreCtrl::new(&vs.root(), 3, &cfg).unwrap();
         assert_eq!(c.scale().out_dim(), 3);
         check_many_and_grads(&c, &vs, 3, true);
     }
@@ -326,7 +321,7 @@ mod tests {
     #[should_panic(expected = "needs the target score")]
     fn score_ctrl_without_score_panics() {
         let vs = VarStore::new(Device::Cpu);
-        let c = ScoreCtrl::new(&vs.root(), 2, &CtrlConfig::default());
+        let c = ScoreCtrl::new(&vs.root(), 2, &CtrlConfig::default()).unwrap();
         let _ = c.eval(0.0, &Tensor::zeros([2, 2], CPU), None);
     }
 
@@ -343,7 +338,8 @@ mod tests {
             vp_sigma(),
             1.0,
             prior_std,
-        );
+        )
+        .unwrap();
         assert!(c.needs_target_score());
         let x = Tensor::from_slice(&[1.0f32, -60.0, 3.0, 0.2]).reshape([2, 2]);
         let score = Tensor::from_slice(&[25.0f32, 1.0, -4.0, 0.0]).reshape([2, 2]);
@@ -377,8 +373,8 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let sigma = || -> SigmaFn { std::sync::Arc::new(|_t: f64| 1.0) };
         let cfg = CtrlConfig::default();
-        let u = LerpTargetCtrl::new(&(vs.root() / "u"), 2, &cfg, sigma(), 1.0);
-        let v = LerpPriorCtrl::new(&(vs.root() / "v"), 2, &cfg, sigma(), 1.0, 1.0);
+        let u = LerpTargetCtrl::new(&(vs.root() / "u"), 2, &cfg, sigma(), 1.0).unwrap();
+        let v = LerpPriorCtrl::new(&(vs.root() / "v"), 2, &cfg, sigma(), 1.0, 1.0).unwrap();
         assert!(u.needs_target_score());
         assert!(!v.needs_target_score());
         let x = Tensor::randn([3, 2], CPU);
@@ -401,10 +397,12 @@ mod tests {
     #[test]
     fn lerp_variants_many_and_grads() {
         let vs = VarStore::new(Device::Cpu);
-        let v = LerpPriorCtrl::new(&vs.root(), 2, &CtrlConfig::default(), vp_sigma(), 1.0, 1.0);
+        let v = LerpPriorCtrl::new(&vs.root(), 2, &CtrlConfig::default(), vp_sigma(), 1.0, 1.0)
+            .unwrap();
         check_many_and_grads(&v, &vs, 2, false);
         let vs2 = VarStore::new(Device::Cpu);
-        let u = LerpTargetCtrl::new(&vs2.root(), 2, &CtrlConfig::default(), vp_sigma(), 1.0);
+        let u =
+            LerpTargetCtrl::new(&vs2.root(), 2, &CtrlConfig::default(), vp_sigma(), 1.0).unwrap();
         check_many_and_grads(&u, &vs2, 2, true);
     }
 
@@ -417,7 +415,7 @@ mod tests {
             clip_model: 1e4,
             ..Default::default()
         };
-        let c = PotentialCtrl::new(&vs.root(), 2, &cfg, vp_sigma());
+        let c = PotentialCtrl::new(&vs.root(), 2, &cfg, vp_sigma()).unwrap();
         // At initialisation Φ is constant: u = 0.
         let x = Tensor::randn([4, 2], CPU);
         assert_eq!(c.eval(0.5, &x, None).abs().max().double_value(&[]), 0.0);
@@ -460,7 +458,7 @@ mod tests {
     fn potential_clip_zeroes_the_control() {
         let _rng = lv_core::testing::rng_lock();
         let vs = VarStore::new(Device::Cpu);
-        let c = PotentialCtrl::new(&vs.root(), 2, &CtrlConfig::default(), vp_sigma());
+        let c = PotentialCtrl::new(&vs.root(), 2, &CtrlConfig::default(), vp_sigma()).unwrap();
         randomize(&vs);
         tch::no_grad(|| {
             let _ = vs.variables()["net.out.bias"].shallow_clone().fill_(1e3);
@@ -483,10 +481,10 @@ mod tests {
         let cfg = CtrlConfig::default();
         let root = vs.root();
         let controls: Vec<Box<dyn Control>> = vec![
-            Box::new(ClippedCtrl::new(&(&root / "a"), 2, &cfg)),
-            Box::new(ScoreCtrl::new(&(&root / "b"), 2, &cfg)),
-            Box::new(LerpCtrl::new(&(&root / "c"), 2, &cfg, vp_sigma(), 1.0, 1.0)),
-            Box::new(PotentialCtrl::new(&(&root / "d"), 2, &cfg, vp_sigma())),
+            Box::new(ClippedCtrl::new(&(&root / "a"), 2, &cfg).unwrap()),
+            Box::new(ScoreCtrl::new(&(&root / "b"), 2, &cfg).unwrap()),
+            Box::new(LerpCtrl::new(&(&root / "c"), 2, &cfg, vp_sigma(), 1.0, 1.0).unwrap()),
+            Box::new(PotentialCtrl::new(&(&root / "d"), 2, &cfg, vp_sigma()).unwrap()),
         ];
         randomize(&vs);
         let ts = [0.1, 0.5];

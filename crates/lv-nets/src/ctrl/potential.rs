@@ -29,12 +29,14 @@ impl std::fmt::Debug for PotentialCtrl {
 
 impl PotentialCtrl {
     /// Φ under `p / "net"`; `sigma` = σ(t) of the SDE. Uses `cfg.clip_model`.
-    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig, sigma: SigmaFn) -> Self {
-        Self {
-            net: FourierMlp::new(&(p / "net"), dim, 1, &cfg.mlp),
+    /// Errors name the invalid setting ([`CtrlConfig::check`], `dim` ≥ 1).
+    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig, sigma: SigmaFn) -> anyhow::Result<Self> {
+        cfg.check("")?;
+        Ok(Self {
+            net: FourierMlp::new(&(p / "net"), dim, 1, &cfg.mlp)?,
             clips: Clips::new(cfg),
             sigma,
-        }
+        })
     }
 
     /// The network Φ.

@@ -16,14 +16,16 @@ pub struct ScoreCtrl {
 
 impl ScoreCtrl {
     /// NN under `p / "net"`, s(t) under `p / "scale"`.
-    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig) -> Self {
+    /// Errors name the invalid setting ([`CtrlConfig::check`], `dim` ≥ 1).
+    pub fn new(p: &nn::Path, dim: i64, cfg: &CtrlConfig) -> anyhow::Result<Self> {
+        cfg.check("")?;
         let init = cfg.scale_init.unwrap_or(SCORE_SCALE_INIT);
-        Self {
-            net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp),
-            scale: TimeNet::new(&(p / "scale"), cfg.scale_dim(dim), init, &cfg.mlp),
+        Ok(Self {
+            net: FourierMlp::new(&(p / "net"), dim, dim, &cfg.mlp)?,
+            scale: TimeNet::new(&(p / "scale"), cfg.scale_dim(dim), init, &cfg.mlp)?,
             clips: Clips::new(cfg),
             head: TimeCache::default(),
-        }
+        })
     }
 
     /// The base network NN.
