@@ -14,11 +14,12 @@
 //! its checkpoint. `--force` recomputes.
 
 use crate::config::RunConfig;
-use crate::run::{write_atomic, Overrides};
+use crate::run::{write_atomic, Metric, Overrides, RunResults};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde::Deserialize;
+use lv_core::driver::CurveLine;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,8 @@ pub struct TableSpec {
     pub title: String,
     /// Where the published numbers come from.
     pub source: String,
-    /// Result keys shown in the markdown table (results.json keys).
-    pub metrics: Vec<String>,
+    /// Result columns shown in the markdown table (results.json keys).
+    pub metrics: Vec<Metric>,
     pub rows: Vec<RowSpec>,
 }
 
@@ -246,7 +247,7 @@ fn last_step(dir: &Path) -> u64 {
         .and_then(|t| {
             t.lines()
                 .rev()
-                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+                .find_map(|l| CurveLine::parse(l).map(|c| c.step() as u64))
         })
         .unwrap_or(0)
 }
@@ -348,21 +349,24 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
     Ok(())
 }
 
+/// One (row, seed) of a table's summary: the run's results with the preset and row.
+#[derive(Debug, Serialize)]
+struct SummaryRow {
+    preset: String,
+    row: String,
+    #[serde(flatten)]
+    results: RunResults,
+}
+
 /// Reads every job's results.json into `results/<table>/summary.{json,csv}`.
-fn collect(spec: &TableSpec, args: &ReproduceArgs, jobs: &[Job]) -> Result<Vec<serde_json::Value>> {
+fn collect(spec: &TableSpec, args: &ReproduceArgs, jobs: &[Job]) -> Result<Vec<SummaryRow>> {
     let mut all = Vec::new();
     for j in jobs {
-        let p = j.dir.join("results.json");
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("missing results {}", p.display()))?;
-        let mut v: serde_json::Value = serde_json::from_str(&text)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("preset".into(), args.preset.clone().into());
-            o.insert("row".into(), j.key.clone().into());
-            o.remove("mode_coverage")
-                .map(|c| o.insert("mode_coverage_fraction".into(), c["fraction"].clone()));
-        }
-        all.push(v);
+        all.push(SummaryRow {
+            preset: args.preset.clone(),
+            row: j.key.clone(),
+            results: RunResults::read(&j.dir.join("results.json"))?,
+        });
     }
     let dir = args.out.join(&spec.name);
     std::fs::create_dir_all(&dir)?;
@@ -370,23 +374,37 @@ fn collect(spec: &TableSpec, args: &ReproduceArgs, jobs: &[Job]) -> Result<Vec<s
         &dir.join("summary.json"),
         serde_json::to_string_pretty(&all)?.as_bytes(),
     )?;
-    // CSV with the union of keys (scalars only).
+    // CSV: the scalar fields of every row (the union of keys) and the mode-coverage fraction.
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> = all
+        .iter()
+        .map(|r| {
+            let mut o = match serde_json::to_value(r) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => Default::default(),
+            };
+            o.retain(|_, x| !x.is_object() && !x.is_array());
+            if let Some(f) = r.results.value(Metric::ModeCoverageFraction) {
+                o.insert(Metric::ModeCoverageFraction.name(), f.into());
+            }
+            o
+        })
+        .collect();
     let mut keys: Vec<String> = Vec::new();
-    for v in &all {
-        for (k, x) in v.as_object().into_iter().flatten() {
-            if !x.is_object() && !x.is_array() && !keys.contains(k) {
+    for o in &objects {
+        for k in o.keys() {
+            if !keys.contains(k) {
                 keys.push(k.clone());
             }
         }
     }
     let mut csv = keys.join(",") + "\n";
-    for v in &all {
+    for o in &objects {
         let row: Vec<String> = keys
             .iter()
-            .map(|k| match &v[k] {
-                serde_json::Value::Null => String::new(),
-                serde_json::Value::String(s) => s.clone(),
-                x => x.to_string(),
+            .map(|k| match o.get(k) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(x) => x.to_string(),
             })
             .collect();
         csv += &(row.join(",") + "\n");
@@ -423,7 +441,7 @@ fn render_markdown(
     spec: &TableSpec,
     args: &ReproduceArgs,
     jobs: &[Job],
-    summary: &[serde_json::Value],
+    summary: &[SummaryRow],
     wall: f64,
 ) -> Result<String> {
     let mut out = format!("# {} — preset `{}`\n\n", spec.title, args.preset);
@@ -488,7 +506,7 @@ fn render_markdown(
     let mut header = "| method | loss | target |".to_string();
     let mut rule = "|---|---|---|".to_string();
     for m in &spec.metrics {
-        header += &format!(" {m} |");
+        header += &format!(" {} |", m.name());
         rule += "---|";
     }
     header += " published | best peer | note |\n";
@@ -497,16 +515,17 @@ fn render_markdown(
     out += &rule;
     for r in &spec.rows {
         let key = row_key(r);
-        let rows: Vec<&serde_json::Value> = summary
+        let rows: Vec<&RunResults> = summary
             .iter()
-            .filter(|v| v["row"] == key.as_str())
+            .filter(|v| v.row == key)
+            .map(|v| &v.results)
             .collect();
         if rows.is_empty() {
             continue;
         }
         let mut line = format!("| {} | {} | {} |", r.method, r.loss, r.target);
-        for m in &spec.metrics {
-            let vals: Vec<f64> = rows.iter().filter_map(|v| v[m].as_f64()).collect();
+        for &m in &spec.metrics {
+            let vals: Vec<f64> = rows.iter().filter_map(|v| v.value(m)).collect();
             match median(vals.clone()) {
                 Some(med) => {
                     let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);

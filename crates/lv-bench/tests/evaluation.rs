@@ -24,19 +24,19 @@ fn each_metric_uses_the_size_its_key_names() {
     let m = sample_metrics(target.as_ref(), &x, &eval, 1)
         .unwrap()
         .unwrap();
-    let sizes = &m["metric_sizes"];
-    assert_eq!(sizes["w2"], serde_json::json!([50, 50]), "{m:?}");
-    assert_eq!(sizes["sinkhorn_div"], serde_json::json!([50, 50]));
-    assert_eq!(sizes["mmd"], serde_json::json!([50, 50]));
-    assert_eq!(sizes["sinkhorn_sde"], serde_json::json!([200, 200]));
+    let sizes = m.metric_sizes.clone().expect("metric sizes");
+    assert_eq!(sizes.w2, [50, 50], "{m:?}");
+    assert_eq!(sizes.sinkhorn_div, [50, 50]);
+    assert_eq!(sizes.mmd, [50, 50]);
+    assert_eq!(sizes.sinkhorn_sde, [200, 200]);
     // Fewer model samples than the key: the size used says so.
     let small: Array2<f64> = x.slice(ndarray::s![..120, ..]).to_owned();
     let m = sample_metrics(target.as_ref(), &small, &eval, 1)
         .unwrap()
         .unwrap();
     assert_eq!(
-        m["metric_sizes"]["sinkhorn_sde"],
-        serde_json::json!([120, 200])
+        m.metric_sizes.expect("metric sizes").sinkhorn_sde,
+        [120, 200]
     );
 }
 

@@ -83,16 +83,21 @@ pub struct StepRecord {
     /// Steps attempted so far (this one included).
     pub step: usize,
     /// The scaled loss of this step.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub loss: f64,
     /// Whether the step was skipped (spec §3.6).
     pub skipped: bool,
     /// Trajectories kept by the sample filter.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub kept: f64,
     /// Global gradient norm before clipping.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub grad_norm: f64,
     /// Learning rate of this step.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub lr: f64,
     /// Training seconds so far (over all invocations of a resumed run).
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub seconds: f64,
     /// Skipped steps so far.
     pub skipped_steps: usize,
@@ -105,6 +110,30 @@ pub struct StepRecord {
 pub struct EvalRecord {
     pub step: usize,
     pub eval: Evaluation,
+}
+
+/// One line of `metrics.jsonl`: a step or an evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CurveLine {
+    Step(StepRecord),
+    Eval(EvalRecord),
+}
+
+impl CurveLine {
+    /// Parses one line; `None` for a line that is neither record (e.g. one truncated by a
+    /// killed run).
+    pub fn parse(line: &str) -> Option<Self> {
+        serde_json::from_str(line).ok()
+    }
+
+    /// The step the line belongs to.
+    pub fn step(&self) -> usize {
+        match self {
+            CurveLine::Step(s) => s.step,
+            CurveLine::Eval(e) => e.step,
+        }
+    }
 }
 
 /// A weight average of the trained parameters (the EMA of spec §7).

@@ -49,20 +49,26 @@ pub fn unbiased_var(a: &[f64]) -> f64 {
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Evaluation {
     /// log Ẑ_IS = log((1/n)·Σ_i exp(−R_i)), pass 1 (with Itô term); non-finite R weigh 0.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub log_z_is: f64,
     /// mean(−R_i) over the finite R of pass 1 (the Itô lower bound).
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub log_z_lb_ito: f64,
     /// mean(−R_i) over the finite R of pass 2 (no Itô term): the ELBO.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub log_z_elbo: f64,
     /// Normalised ESS (Σw)²/(n·Σw²) of the pass-1 weights, non-finite R weighing 0.
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub ess: f64,
     /// Var(R) over the finite R of pass 1 (unbiased, divisor n_finite − 1).
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub lv: f64,
     /// Number of trajectories.
     pub n: usize,
     /// Pass-1 trajectories with non-finite R (weight zero; left out of the means).
     pub non_finite: usize,
     /// Seconds of pass 2 (the timed pass of the spec).
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub sample_seconds: f64,
 }
 

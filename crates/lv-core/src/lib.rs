@@ -17,6 +17,7 @@ pub mod control;
 pub mod driver;
 pub mod estimate;
 pub mod grid;
+pub mod json;
 pub mod loss;
 pub mod method;
 pub mod optim;

@@ -70,7 +70,7 @@ pub fn std_errors_vs_samples(
 }
 
 /// Result of [`mode_coverage`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ModeCoverage {
     /// Fraction of modes covered, in `[0, 1]`.
     pub fraction: f64,

@@ -1,6 +1,7 @@
 //! The final evaluation of a run: log Z (IS, ELBO), ESS, sample metrics on the sizes their
 //! keys name, Δstd against the target's stds, mode coverage, results.json and the plots.
 
+use super::results::RunResults;
 use super::*;
 use crate::config::{Resolved, RunConfig};
 
@@ -32,7 +33,7 @@ pub(crate) fn evaluate_run(
     seconds: f64,
     counters: &Counters,
     write: bool,
-) -> Result<serde_json::Value> {
+) -> Result<RunResults> {
     let cfg = &res.cfg;
     let seed = res.runtime.seed;
     tch::manual_seed(step_seed(seed, usize::MAX >> 1));
@@ -56,57 +57,62 @@ pub(crate) fn evaluate_run(
         .collect();
     let non_finite_samples = all.nrows() - finite.len();
     let x = all.select(ndarray::Axis(0), &finite);
-    let mut out = serde_json::json!({
-        "method": cfg.method, "loss": cfg.loss, "target": cfg.target, "seed": cfg.seed,
-        "steps": counters.step, "batch": cfg.train.batch, "grid_steps": b.method.grid.steps(),
-        "log_z_is": ev.log_z_is, "log_z_elbo": ev.log_z_elbo, "log_z_lb_ito": ev.log_z_lb_ito,
-        "ess": ev.ess, "lv": ev.lv, "eval_n": ev.n, "eval_non_finite": ev.non_finite,
-        "seconds": seconds, "skipped_steps": counters.skipped,
-        "filtered_samples": counters.filtered, "target_evals": counters.target_evals,
-    });
-    let o = out.as_object_mut().expect("object");
     let log_z = b.target.log_z();
-    o.insert("log_z_ref".into(), serde_json::json!(log_z));
-    // Absolute and relative errors of the three estimates (spec §4):
+    // Absolute and relative errors of an estimate (spec §4):
     // abs = |p − log Z_ref|, rel = abs / (|log Z_ref| + 1e-8).
-    for (key, p) in [
-        ("is", ev.log_z_is),
-        ("elbo", ev.log_z_elbo),
-        ("lb_ito", ev.log_z_lb_ito),
-    ] {
-        let abs = log_z.map(|z| (p - z).abs());
-        let rel = log_z.map(|z| (p - z).abs() / (z.abs() + 1e-8));
-        o.insert(format!("log_z_error_{key}"), serde_json::json!(abs));
-        o.insert(format!("rel_error_{key}"), serde_json::json!(rel));
-    }
-    o.insert(
-        "non_finite_samples".into(),
-        serde_json::json!(non_finite_samples),
-    );
+    let abs = |p: f64| log_z.map(|z| (p - z).abs());
+    let rel = |p: f64| log_z.map(|z| (p - z).abs() / (z.abs() + 1e-8));
+    let mut out = RunResults {
+        method: cfg.method,
+        loss: cfg.loss,
+        target: cfg.target.clone(),
+        seed: cfg.seed,
+        steps: counters.step,
+        batch: cfg.train.batch,
+        grid_steps: b.method.grid.steps(),
+        log_z_is: ev.log_z_is,
+        log_z_elbo: ev.log_z_elbo,
+        log_z_lb_ito: ev.log_z_lb_ito,
+        ess: ev.ess,
+        lv: ev.lv,
+        eval_n: ev.n,
+        eval_non_finite: ev.non_finite,
+        seconds,
+        skipped_steps: counters.skipped,
+        filtered_samples: counters.filtered,
+        target_evals: counters.target_evals,
+        log_z_ref: log_z,
+        log_z_error_is: abs(ev.log_z_is),
+        log_z_error_elbo: abs(ev.log_z_elbo),
+        log_z_error_lb_ito: abs(ev.log_z_lb_ito),
+        rel_error_is: rel(ev.log_z_is),
+        rel_error_elbo: rel(ev.log_z_elbo),
+        rel_error_lb_ito: rel(ev.log_z_lb_ito),
+        non_finite_samples,
+        metrics: Default::default(),
+        avg_marginal_stddev: None,
+        avg_stddev: None,
+        stddev_error_per_coordinate: None,
+        stddev_reference: None,
+        mode_coverage: None,
+    };
     if x.nrows() >= 2 {
         if let Some(m) = sample_metrics(b.target.as_ref(), &x, &cfg.eval, seed)? {
-            o.extend(m);
+            out.metrics = m;
         }
         let (stds, source) = reference_stds(b.target.as_ref())?;
         let se = lv_metrics::std_errors(x.view(), &stds)?;
-        o.insert(
-            "avg_marginal_stddev".into(),
-            serde_json::json!(se.avg_marginal_stddev),
-        );
-        o.insert("avg_stddev".into(), serde_json::json!(se.avg_stddev));
-        o.insert(
-            "stddev_error_per_coordinate".into(),
-            serde_json::json!(se.per_coordinate),
-        );
-        o.insert("stddev_reference".into(), serde_json::to_value(&source)?);
+        out.avg_marginal_stddev = Some(se.avg_marginal_stddev);
+        out.avg_stddev = Some(se.avg_stddev);
+        out.stddev_error_per_coordinate = Some(se.per_coordinate);
+        out.stddev_reference = Some(source);
     }
     if let Some(centres) = b.target.mode_centres().filter(|_| x.nrows() > 0) {
         let c = Array2::from_shape_vec(
             (centres.len(), centres[0].len()),
             centres.iter().flatten().cloned().collect(),
         )?;
-        let cov = lv_metrics::mode_coverage(x.view(), c.view(), None)?;
-        o.insert("mode_coverage".into(), serde_json::to_value(&cov)?);
+        out.mode_coverage = Some(lv_metrics::mode_coverage(x.view(), c.view(), None)?);
     }
     if write {
         write_atomic(
@@ -133,7 +139,7 @@ pub fn sample_metrics(
     x: &Array2<f64>,
     eval: &crate::config::EvalConfig,
     seed: u64,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+) -> Result<Option<lv_metrics::MetricsReport>> {
     let n_ref = eval.n_metrics.max(eval.n_sinkhorn_sde);
     let Some(reference) = reference_samples(target, n_ref) else {
         return Ok(None);
@@ -148,11 +154,7 @@ pub fn sample_metrics(
         particles: target.zero_com().map(|z| z.particles),
         ..Default::default()
     };
-    let rep = lv_metrics::compute_report(x, &reference, &opts)?;
-    match serde_json::to_value(&rep)? {
-        serde_json::Value::Object(m) => Ok(Some(m)),
-        _ => bail!("the metrics report is not a JSON object"),
-    }
+    Ok(Some(lv_metrics::compute_report(x, &reference, &opts)?))
 }
 
 /// Where the s_k of the Δstd metrics come from.

@@ -20,6 +20,7 @@ use crate::config::{Resolved, RunConfig};
 mod build;
 mod evaluate;
 mod folder;
+mod results;
 
 pub(crate) use build::controls_of;
 pub use build::{build, Built};
@@ -30,6 +31,7 @@ pub use evaluate::{
 };
 pub use folder::write_atomic;
 pub(crate) use folder::*;
+pub use results::{Metric, RunResults};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
