@@ -1,7 +1,15 @@
 //! Building a run from a validated config: method, target, controls and their VarStore.
 
-use super::*;
 use crate::config::Resolved;
+use anyhow::Result;
+use lv_core::method::{Method, MethodKind};
+use lv_core::sim::Controls;
+use lv_core::{Control, Target};
+use lv_nets::ctrl::{
+    ClippedCtrl, ControlKind, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
+};
+use std::rc::Rc;
+use tch::{nn::VarStore, Device};
 
 /// Everything a run needs, built from a [`Resolved`] config.
 pub struct Built {

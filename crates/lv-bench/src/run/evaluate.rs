@@ -1,9 +1,18 @@
 //! The final evaluation of a run: log Z (IS, ELBO), ESS, sample metrics on the sizes their
 //! keys name, Δstd against the target's stds, mode coverage, results.json and the plots.
 
+use super::build::{controls_of, Built};
+use super::folder::write_atomic;
 use super::results::RunResults;
-use super::*;
 use crate::config::{Resolved, RunConfig};
+use anyhow::{bail, Context, Result};
+use lv_core::driver::step_seed;
+use lv_core::train::Counters;
+use lv_core::Target;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
 /// Converts a `[n, d]` tensor to an f64 ndarray.
 pub fn to_array(t: &Tensor) -> Result<Array2<f64>> {

@@ -1,7 +1,17 @@
 //! The run folder's files: checkpoints (one atomic tensor file with the counters inside,
 //! plus a readable `checkpoint.json`), the metrics log and atomic writes.
 
-use super::*;
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use lv_core::driver::{Averager, Checkpoint, EvalRecord, Observer, StepRecord};
+use lv_core::estimate::Evaluation;
+use lv_core::train::{Counters, StepStats, Trainer};
+use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
+use lv_nets::ema::Ema;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use tch::{nn::VarStore, Tensor};
 
 /// Step counters and bookkeeping saved beside the tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -30,30 +30,18 @@ pub use evaluate::{
     STD_REFERENCE_SAMPLES,
 };
 pub use folder::write_atomic;
-pub(crate) use folder::*;
+pub(crate) use folder::{
+    read_checkpoint, restore, truncate_metrics, CheckpointMeta, FolderCheckpoint, MetricsFile,
+};
 pub use results::{Metric, RunResults};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lv_core::driver::{
-    step_seed, Averager, Checkpoint, Driver, EvalRecord, Observer, Schedule, StepRecord,
-};
-use lv_core::estimate::Evaluation;
-use lv_core::method::{Method, MethodKind};
-use lv_core::sim::Controls;
-use lv_core::train::{Counters, StepStats, Trainer};
-use lv_core::{Control, Target};
-use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
-use lv_nets::ctrl::{
-    ClippedCtrl, ControlKind, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, PotentialCtrl, ScoreCtrl,
-};
+use lv_core::driver::{Driver, Schedule};
+use lv_core::train::Trainer;
 use lv_nets::ema::Ema;
-use ndarray::Array2;
-use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Arguments of `lv train`.
 #[derive(clap::Args, Debug)]

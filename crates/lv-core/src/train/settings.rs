@@ -1,6 +1,6 @@
 //! Settings of the training loop ([`TrainSettings`]) and their checks.
 
-use super::*;
+use serde::{Deserialize, Serialize};
 
 /// Fewest rows per shard when [`TrainSettings::batch_shards`] is 0 (auto).
 pub const MIN_SHARD_ROWS: usize = 64;

@@ -1,6 +1,9 @@
 //! The score-free control u = clip_m(NN(t, x)).
 
-use super::*;
+use super::{clip, rows_per_time, Clips, CtrlConfig};
+use crate::fourier::FourierMlp;
+use lv_core::Control;
+use tch::{nn, Tensor};
 
 /// Score-free control u(t, x) = clip_m(NN(t, x)).
 #[derive(Debug)]

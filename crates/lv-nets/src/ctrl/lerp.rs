@@ -1,6 +1,11 @@
 //! The DIS and bridge controls: interpolations between the prior and the target score.
 
-use super::*;
+use super::{
+    clip, per_row, require_score, rows_per_time, Clips, CtrlConfig, SigmaFn, LERP_SCALE_INIT,
+};
+use crate::fourier::{times_tensor, FourierMlp, HeadArgs, TimeCache, TimeNet};
+use lv_core::Control;
+use tch::{nn, Tensor};
 
 /// Which score terms a Lerp control interpolates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,20 +1,18 @@
 //! Control parametrisations (spec §6.4) implementing [`lv_core::Control`].
 //!
-//! Notation: NN(t, x) is a [`FourierMlp`], s(t) a [`TimeNet`], clip_m and clip_s are
+//! Notation: NN(t, x) is a [`FourierMlp`](crate::fourier::FourierMlp), s(t) a
+//! [`TimeNet`](crate::fourier::TimeNet), clip_m and clip_s are
 //! **elementwise** clamps to [−c_m, c_m] and [−c_s, c_s] (not norm clipping), with
 //! c = base clip × clip factor (the ×5 schedule of spec §6.5 is applied by the trainer through
-//! [`Control::set_clip_factor`]). Every network sees the raw time t ∈ [0, T].
+//! [`Control::set_clip_factor`](lv_core::Control::set_clip_factor)). Every network sees the raw time t ∈ [0, T].
 //!
 //! `eval_many` is overridden everywhere: the time embeddings and s(t) are computed once per
 //! time and repeated over the rows of each block, so one trunk call serves all times.
 
-use crate::fourier::{
-    grad_mode_enabled, times_tensor, FourierMlp, HeadArgs, MlpConfig, TimeCache, TimeNet,
-};
-use lv_core::Control;
+use crate::fourier::{times_tensor, MlpConfig};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The diffusion coefficient σ(t) of the SDE, at raw generative time t.
 pub type SigmaFn = std::sync::Arc<dyn Fn(f64) -> f64 + Send + Sync>;
@@ -199,7 +197,9 @@ pub use score::ScoreCtrl;
 mod tests {
     use super::*;
     use crate::fourier::tests::{max_abs_diff, randomize};
+    use lv_core::Control;
     use tch::nn::VarStore;
+    use tch::Kind;
 
     const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 

@@ -1,6 +1,9 @@
 //! The potential control u = σ∇ₓclip(Φ) (sub-trajectory training, spec §5.5).
 
-use super::*;
+use super::{clip, per_row, rows_per_time, Clips, CtrlConfig, SigmaFn};
+use crate::fourier::{grad_mode_enabled, FourierMlp};
+use lv_core::Control;
+use tch::{nn, Kind, Tensor};
 
 /// Potential parametrisation (sub-trajectory training, spec §5.5):
 /// u(t, x) = σ(t) ∇_x clip_m(Φ(t, x)), with Φ a one-output [`FourierMlp`] (so u = 0 where

@@ -1,6 +1,9 @@
 //! The PIS / DDS control with the score term (Langevin preconditioning, spec §6.4).
 
-use super::*;
+use super::{clip, require_score, rows_per_time, Clips, CtrlConfig, SCORE_SCALE_INIT};
+use crate::fourier::{times_tensor, FourierMlp, HeadArgs, TimeCache, TimeNet};
+use lv_core::Control;
+use tch::{nn, Tensor};
 
 /// Langevin-preconditioned control of PIS and DDS:
 /// u(t, x) = clip_m(NN(t, x)) + clip_s(∇ log ρ(x)) ⊙ clip_m(s(t)), with **no σ factor**;
