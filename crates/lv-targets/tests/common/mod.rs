@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use lv_core::Target;
+use lv_targets::by_name;
 use tch::{Device, Kind, Tensor};
 
 /// Upper (1 − α) quantile of χ²_k by the Wilson–Hilferty approximation, with z the standard
@@ -92,4 +93,48 @@ pub fn mean_var(v: &[f64]) -> (f64, f64) {
 /// Column `j` of a `[n, d]` tensor as f64.
 pub fn column(x: &Tensor, j: i64) -> Vec<f64> {
     Vec::try_from(x.select(1, j).to_kind(Kind::Double).to_device(Device::Cpu)).unwrap()
+}
+
+pub const ALL: [&str; 19] = [
+    "gmm9",
+    "funnel10",
+    "funnel10_clip30",
+    "mw5",
+    "mw50",
+    "dw1",
+    "gauss",
+    "rings",
+    "lgcp",
+    "fab40",
+    "gmm25",
+    "manywell32",
+    "manywell64",
+    "gmm40_50d",
+    "gmm40_2d",
+    "gmm40_5d",
+    "mos50",
+    "robot4",
+    "dw4",
+];
+
+pub fn target(name: &str) -> Box<dyn Target> {
+    by_name(name).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+// torch's generator is global and the test harness runs tests on parallel threads; a test
+// that reseeds it while another draws can correlate that test's proposal and acceptance
+// draws (seen once: a 10σ bias of the FAB many-well sampler test). Every test holds the lock.
+pub use lv_core::testing::rng_lock as lock;
+
+/// `n` exact samples of a registry target with torch seeded to `seed`.
+pub fn sample(name: &str, n: usize, seed: i64) -> Tensor {
+    let t = target(name);
+    tch::manual_seed(seed);
+    let x = t
+        .sampler()
+        .unwrap_or_else(|| panic!("{name} has a sampler"))
+        .sample(n, Device::Cpu);
+    assert_eq!(x.size(), vec![n as i64, t.dim() as i64], "{name}");
+    assert_eq!(x.kind(), Kind::Float, "{name}");
+    x
 }
