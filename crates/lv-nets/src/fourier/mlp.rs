@@ -1,20 +1,19 @@
-//! Fourier-feature networks (spec §6.1–6.3): the time embedding, the FourierMLP base network
-//! of every control, and the time-only network s(t).
-//!
-//! All networks see the **raw** time t (not divided by the horizon T) and work in float32 on
-//! the device of the `nn::Path` they are built from.
+//! FourierMLP (spec §6.2), the base network NN(t, x) of every control, with its tape mode
+//! (the trunk run natively, module `native`).
 
+use super::{
+    const_linear, fork_linear, gelu, grad_mode_enabled, linear_params, times_tensor, torch_linear,
+    FourierEmbedding, MlpConfig, TimeCache,
+};
 use crate::native::{Head, TapeLayer, TrunkTape};
-
-use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init, LinearConfig, Module};
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 /// The prepared times and head values `[K, out]` of a control, if prepared.
-pub(crate) type HeadValues<'a> = &'a dyn Fn() -> Option<(Vec<f64>, Tensor)>;
+type HeadValues<'a> = &'a dyn Fn() -> Option<(Vec<f64>, Tensor)>;
 
 /// Recomputes a control's head values `[K, out]` at the given times, with their graph.
-pub(crate) type HeadAt<'a> = &'a dyn Fn(&[f64]) -> Tensor;
+type HeadAt<'a> = &'a dyn Fn(&[f64]) -> Tensor;
 
 /// The head of a control evaluated by [`FourierMlp::taped_control`]:
 /// z = α·x + β·score (each term optional), clipped at ±`clip_s`.
@@ -29,224 +28,8 @@ pub(crate) struct HeadArgs<'a> {
     pub clip_s: f64,
 }
 
-/// Settings of the Fourier networks. The defaults are the paper's (spec §6.2).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MlpConfig {
-    /// Width C of every hidden layer (time branch and trunk). Default 64.
-    pub width: i64,
-    /// Number of linear layers of the trunk, counting the input and the output layer
-    /// (default 4: `in`, 2 hidden, `out`). At least 2.
-    pub num_layers: usize,
-    /// Number F of Fourier frequencies; the features have size 2F. Default 64.
-    pub num_freqs: i64,
-    /// Smallest fixed frequency (default 0.1).
-    pub freq_min: f64,
-    /// Largest fixed frequency (default 100).
-    pub freq_max: f64,
-}
-
-impl Default for MlpConfig {
-    fn default() -> Self {
-        Self {
-            width: 64,
-            num_layers: 4,
-            num_freqs: 64,
-            freq_min: 0.1,
-            freq_max: 100.0,
-        }
-    }
-}
-
-impl MlpConfig {
-    /// Checks the settings; errors name the key as `{prefix}width` etc.
-    pub fn check(&self, prefix: &str) -> anyhow::Result<()> {
-        use lv_core::check::{count, positive};
-        count(
-            &format!("{prefix}width"),
-            self.width.max(0) as usize,
-            1,
-            1 << 16,
-        )?;
-        count(&format!("{prefix}num_layers"), self.num_layers, 2, 64)?;
-        count(
-            &format!("{prefix}num_freqs"),
-            self.num_freqs.max(0) as usize,
-            1,
-            1 << 16,
-        )?;
-        positive(&format!("{prefix}freq_min"), self.freq_min)?;
-        positive(&format!("{prefix}freq_max"), self.freq_max)?;
-        if self.freq_max < self.freq_min {
-            anyhow::bail!(
-                "key `{prefix}freq_max` ({}) must be ≥ `{prefix}freq_min` ({})",
-                self.freq_max,
-                self.freq_min
-            );
-        }
-        Ok(())
-    }
-}
-
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether autograd is recording in the calling context (probed with a tiny CPU op).
-pub(crate) fn grad_mode_enabled() -> bool {
-    let probe = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-    (probe * 1.0).requires_grad()
-}
-
-/// Exact (erf) GELU.
-pub(crate) fn gelu(x: &Tensor) -> Tensor {
-    x.gelu("none")
-}
-
-/// A linear layer with PyTorch's default initialisation: weights and bias both
-/// U(−1/√fan_in, 1/√fan_in).
-///
-/// (tch's `LinearConfig::default()` uses Kaiming-uniform with the ReLU gain, i.e. weights
-/// U(−√6/√fan_in, √6/√fan_in), which is **not** PyTorch's default; hence this helper.)
-pub fn torch_linear(p: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
-    let b = 1.0 / (fan_in as f64).sqrt();
-    let init = Init::Uniform { lo: -b, up: b };
-    nn::linear(
-        p,
-        fan_in,
-        fan_out,
-        LinearConfig {
-            ws_init: init,
-            bs_init: Some(init),
-            bias: true,
-        },
-    )
-}
-
-/// A linear layer with zero weights and a constant bias `bias`.
-pub fn const_linear(p: nn::Path, fan_in: i64, fan_out: i64, bias: f64) -> nn::Linear {
-    nn::linear(
-        p,
-        fan_in,
-        fan_out,
-        LinearConfig {
-            ws_init: Init::Const(0.0),
-            bs_init: Some(Init::Const(bias)),
-            bias: true,
-        },
-    )
-}
-
-fn linear_params(l: &nn::Linear, out: &mut Vec<Tensor>) {
-    out.push(l.ws.shallow_clone());
-    if let Some(b) = &l.bs {
-        out.push(b.shallow_clone());
-    }
-}
-
-/// Times as a float32 column vector `[K]` on `device`.
-pub fn times_tensor(ts: &[f64], device: Device) -> Tensor {
-    Tensor::from_slice(ts)
-        .to_kind(Kind::Float)
-        .to_device(device)
-}
-
-/// Fourier time features (spec §6.1): fixed frequencies c = linspace(f_min, f_max, F)
-/// (a non-trainable buffer `freqs`), learnable phases φ ~ N(0, 1) (`phases`), and
-/// features [sin(c t + φ), cos(c t + φ)] ∈ R^{2F} of the raw time t.
-#[derive(Debug)]
-pub struct FourierEmbedding {
-    freqs: Tensor,
-    phases: Tensor,
-}
-
-impl FourierEmbedding {
-    /// Registers `freqs` (non-trainable) and `phases` (trainable) under `p`.
-    pub fn new(p: &nn::Path, cfg: &MlpConfig) -> Self {
-        let f = cfg.num_freqs;
-        let mut freqs = p.zeros_no_train("freqs", &[f]);
-        tch::no_grad(|| {
-            freqs.copy_(&Tensor::linspace(
-                cfg.freq_min,
-                cfg.freq_max,
-                f,
-                (Kind::Float, p.device()),
-            ))
-        });
-        let phases = p.randn_standard("phases", &[f]);
-        Self { freqs, phases }
-    }
-
-    /// Features of times `t: [K]` (or `[K, 1]`): `[K, 2F]`.
-    pub fn forward(&self, t: &Tensor) -> Tensor {
-        let t = t.reshape([-1, 1]);
-        let arg = t * &self.freqs + &self.phases;
-        Tensor::cat(&[arg.sin(), arg.cos()], 1)
-    }
-
-    /// Size 2F of the features.
-    pub fn out_dim(&self) -> i64 {
-        2 * self.freqs.size()[0]
-    }
-
-    /// The device the buffers live on.
-    pub fn device(&self) -> Device {
-        self.freqs.device()
-    }
-
-    /// Trainable parameters (the phases; the frequencies are fixed).
-    pub fn parameters(&self) -> Vec<Tensor> {
-        vec![self.phases.shallow_clone()]
-    }
-
-    /// A copy whose phases are a fresh leaf over the same storage (detached, requiring grad).
-    pub fn fork(&self) -> Self {
-        Self {
-            freqs: self.freqs.shallow_clone(),
-            phases: fork_tensor(&self.phases),
-        }
-    }
-}
-
-/// A parameter for another thread ([`lv_core::Control::fork`]): a fresh autograd leaf over
-/// the same storage (values always equal; gradients accumulate separately), trainable iff
-/// `t` is.
-pub(crate) fn fork_tensor(t: &Tensor) -> Tensor {
-    t.detach().set_requires_grad(t.requires_grad())
-}
-
-/// [`fork_tensor`] of a linear layer's weight and bias.
-pub(crate) fn fork_linear(l: &nn::Linear) -> nn::Linear {
-    nn::Linear {
-        ws: fork_tensor(&l.ws),
-        bs: l.bs.as_ref().map(fork_tensor),
-    }
-}
-
-/// Values of a time-only branch at prepared times: `[K, C]` rows looked up by exact time.
-#[derive(Debug, Default)]
-pub(crate) struct TimeCache(std::sync::Mutex<Option<(Vec<f64>, Tensor)>>);
-
-impl TimeCache {
-    pub(crate) fn set(&self, ts: &[f64], values: Tensor) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((ts.to_vec(), values));
-    }
-    pub(crate) fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-    /// The prepared times and all values `[K, C]` (shallow handles), if prepared.
-    pub(crate) fn values(&self) -> Option<(Vec<f64>, Tensor)> {
-        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        g.as_ref().map(|(ts, v)| (ts.clone(), v.shallow_clone()))
-    }
-    /// Row `[1, C]` for time `t`, if prepared (a view: its gradient flows to the `[K, C]`
-    /// values computed in `set`).
-    pub(crate) fn lookup(&self, t: f64) -> Option<Tensor> {
-        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (ts, v) = g.as_ref()?;
-        let k = ts.iter().position(|&s| s == t)?;
-        Some(v.narrow(0, k as i64, 1))
-    }
 }
 
 /// FourierMLP (spec §6.2), the base network NN(t, x) of every control:
@@ -625,127 +408,12 @@ impl FourierMlp {
     }
 }
 
-/// The time network s(t) (spec §6.3): the same Fourier features, then
-/// Lin_{2F→C}, GELU, Lin_{C→C}, GELU, Lin_{C→C}, GELU, Lin_{C→out}; the last layer has zero
-/// weights and constant bias `init_bias` (0.01 for ScoreCtrl, 1.0 for the Lerp controls), so
-/// s(t) ≡ `init_bias` at initialisation. `out` is 1, or d for the `*_dim` variants.
-#[derive(Debug)]
-pub struct TimeNet {
-    cache: TimeCache,
-    emb: FourierEmbedding,
-    layers: Vec<nn::Linear>,
-    out: nn::Linear,
-    out_dim: i64,
-}
-
-impl TimeNet {
-    /// Builds s(t) under `p` (sub-paths `emb`, `layer{0,1,2}`, `out`).
-    pub fn new(
-        p: &nn::Path,
-        out_dim: i64,
-        init_bias: f64,
-        cfg: &MlpConfig,
-    ) -> anyhow::Result<Self> {
-        cfg.check("")?;
-        lv_core::check::count("output dimension", out_dim.max(0) as usize, 1, 1 << 20)?;
-        let c = cfg.width;
-        let emb = FourierEmbedding::new(&(p / "emb"), cfg);
-        let layers = vec![
-            torch_linear(p / "layer0", emb.out_dim(), c),
-            torch_linear(p / "layer1", c, c),
-            torch_linear(p / "layer2", c, c),
-        ];
-        let out = const_linear(p / "out", c, out_dim, init_bias);
-        Ok(Self {
-            cache: TimeCache::default(),
-            emb,
-            layers,
-            out,
-            out_dim,
-        })
-    }
-
-    /// Output dimension (1 or d).
-    pub fn out_dim(&self) -> i64 {
-        self.out_dim
-    }
-
-    /// A copy for another thread (see [`FourierMlp::fork`]).
-    pub fn fork(&self) -> Self {
-        Self {
-            cache: TimeCache::default(),
-            emb: self.emb.fork(),
-            layers: self.layers.iter().map(fork_linear).collect(),
-            out: fork_linear(&self.out),
-            out_dim: self.out_dim,
-        }
-    }
-
-    /// s at times `t: [K]`: `[K, out]`.
-    pub fn forward(&self, t: &Tensor) -> Tensor {
-        let mut h = self.emb.forward(t);
-        for l in &self.layers {
-            h = gelu(&l.forward(&h));
-        }
-        self.out.forward(&h)
-    }
-
-    /// s at one raw time: `[1, out]` (broadcasts over a batch); from
-    /// [`TimeNet::prepare_times`] when `t` was prepared.
-    pub fn forward_t(&self, t: f64) -> Tensor {
-        self.cache
-            .lookup(t)
-            .unwrap_or_else(|| self.forward(&times_tensor(&[t], self.emb.device())))
-    }
-
-    /// Computes s at all `ts` in one call for later [`TimeNet::forward_t`] calls.
-    pub fn prepare_times(&self, ts: &[f64]) {
-        let s = self.forward(&times_tensor(ts, self.emb.device()));
-        self.cache.set(ts, s);
-    }
-
-    /// Drops the prepared values.
-    pub fn clear_times(&self) {
-        self.cache.clear();
-    }
-
-    /// s at the times `ts`, each row repeated `n` times: `[K·n, out]`.
-    pub fn forward_many(&self, ts: &[f64], n: i64) -> Tensor {
-        let k = ts.len() as i64;
-        self.forward(&times_tensor(ts, self.emb.device()))
-            .repeat_interleave_self_int(n, 0, k * n)
-    }
-
-    /// Trainable parameters.
-    pub fn parameters(&self) -> Vec<Tensor> {
-        let mut ps = self.emb.parameters();
-        for l in &self.layers {
-            linear_params(l, &mut ps);
-        }
-        linear_params(&self.out, &mut ps);
-        ps
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::fourier::tests::{max_abs_diff, randomize};
+    use crate::fourier::TimeNet;
     use tch::nn::VarStore;
-
-    /// Replaces every trainable parameter by N(0, 0.1²) draws (so zero-initialised output
-    /// layers do not make tests trivial).
-    pub(crate) fn randomize(vs: &VarStore) {
-        tch::no_grad(|| {
-            for mut v in vs.trainable_variables() {
-                let r = v.randn_like() * 0.1;
-                v.copy_(&r);
-            }
-        });
-    }
-
-    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b).abs().max().double_value(&[])
-    }
 
     #[test]
     fn parameter_count_matches_spec() {
@@ -884,21 +552,5 @@ pub(crate) mod tests {
         assert_eq!(y.size(), vec![4, 1]);
         assert_eq!(net.hidden.len(), 1);
         assert!(serde_json::from_str::<MlpConfig>(r#"{"widht": 3}"#).is_err());
-    }
-
-    #[test]
-    fn time_net_initial_output_is_the_bias() {
-        let vs = VarStore::new(Device::Cpu);
-        let s = TimeNet::new(&vs.root(), 3, 0.01, &MlpConfig::default()).unwrap();
-        let y = s.forward_many(&[0.0, 0.5], 2);
-        assert_eq!(y.size(), vec![4, 3]);
-        assert!(max_abs_diff(&y, &Tensor::full([4, 3], 0.01, (Kind::Float, Device::Cpu))) < 1e-8);
-        assert_eq!(s.forward_t(2.0).size(), vec![1, 3]);
-        let n: i64 = vs
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum();
-        assert_eq!(n, 64 + 128 * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 3 + 3);
     }
 }

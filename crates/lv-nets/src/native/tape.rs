@@ -1,0 +1,356 @@
+//! The tape: recorded trunk evaluations of one simulation ([`TrunkTape`]), the additive head
+//! of the Langevin-preconditioned controls ([`Head`]) and the trunk's backward over all
+//! recorded steps (see the [module docs](super)).
+
+use super::kernels::{bias_gelu, mul_colsum};
+use super::views::{host, host_mut_contig, to_vec, view, view_mut};
+use tch::Tensor;
+
+/// One linear layer's parameters as seen by the tape: the weight `[out, in]` (detached,
+/// shares storage with the parameter) and the bias values.
+pub(crate) struct TapeLayer {
+    pub w: Tensor,
+    pub b: Vec<f32>,
+}
+
+struct TapeStep {
+    /// Index into the prepared times.
+    k: usize,
+    /// The input `[n, d]` (detached, contiguous).
+    x: Tensor,
+    /// The returned leaf `[n, d_out]`.
+    out: Tensor,
+    /// a_0 … a_{L−1} then GELU'(h_0) … GELU'(h_{L−1}), each `[n, C]`.
+    buf: Vec<f32>,
+    /// For a clipped output: where the clamp passes the gradient (`[n, d_out]`).
+    mask: Option<Vec<bool>>,
+    /// With a [`Head`]: the clipped head input z_c = clamp(z, ±c_s), `[n, d_out]`.
+    head_z: Option<Vec<f32>>,
+}
+
+/// The additive head of the Langevin-preconditioned controls, evaluated inside the tape's
+/// forward pass so that the whole control value u is one leaf:
+///
+/// u = clamp(NN, −c_m, c_m) + clamp(z, −c_s, c_s) ⊙ s_k,  z = α·x + β·score,
+///
+/// where each of the two terms of z is present or not (`x_coef`, `score`), s_k is row k of
+/// the prepared head values `[K, out]` (out = 1, broadcast over the columns, or d_out), and
+/// the products and the sum are rounded in float32 in the order of the tensor code
+/// (x·α, score·β, their sum, the clamp, the product with s_k, the sum with the clamped NN),
+/// so the head adds exactly what the autograd path adds. The backward adds
+/// ∂L/∂s_k = Σ_rows z_c ⊙ δ_k (summed over the columns when out = 1) to
+/// [`TapeGrads::head`]; the caller carries it to the parameters of s through autograd.
+pub(crate) struct Head<'a> {
+    /// α, the coefficient of x (None: no x term).
+    pub x_coef: Option<f32>,
+    /// The score `[n, d_out]` (CPU float32, contiguous) and its coefficient β (None: the
+    /// score as it is, no multiplication).
+    pub score: Option<(&'a [f32], Option<f32>)>,
+    /// c_s.
+    pub clip_s: f32,
+}
+
+/// Recorded trunk evaluations of one simulation (see the module docs).
+pub(crate) struct TrunkTape {
+    /// input, hidden…, out.
+    layers: Vec<TapeLayer>,
+    width: usize,
+    /// Prepared times and their embeddings `[K, C]` (values), captured at the first step.
+    emb: Option<(Vec<f64>, Vec<f32>)>,
+    steps: Vec<TapeStep>,
+    /// Head values `[K, out]` (captured at the first step with a [`Head`]) and `out`.
+    head: Option<(Vec<f32>, usize)>,
+}
+
+impl std::fmt::Debug for TrunkTape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkTape")
+            .field("layers", &self.layers.len())
+            .field("width", &self.width)
+            .field("steps", &self.steps.len())
+            .finish()
+    }
+}
+
+/// Parameter gradients from [`TrunkTape::backward`]: per layer (∂W `[out, in]`, ∂b), and the
+/// gradient of the prepared embeddings `[K, C]` with their times.
+pub(crate) struct TapeGrads {
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+    pub emb: Option<(Vec<f64>, Vec<f32>)>,
+    /// ∂L/∂(head values) `[K, out]` with the prepared times, when a [`Head`] was used.
+    pub head: Option<(Vec<f64>, Vec<f32>)>,
+}
+
+impl TrunkTape {
+    pub fn new(layers: Vec<TapeLayer>, width: usize) -> Self {
+        Self {
+            layers,
+            width,
+            emb: None,
+            steps: Vec::new(),
+            head: None,
+        }
+    }
+
+    /// Whether head values have been captured.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Captures the prepared head values (values) `s: [K, out]`, rows at the prepared
+    /// times of the embeddings.
+    pub fn set_head(&mut self, s: &Tensor) {
+        let out = s.size()[1] as usize;
+        self.head = Some((to_vec(s), out));
+    }
+
+    /// Whether embeddings have been captured.
+    pub fn has_embeddings(&self) -> bool {
+        self.emb.is_some()
+    }
+
+    /// Captures the prepared embeddings (values) `e: [K, C]` at times `ts`.
+    pub fn set_embeddings(&mut self, ts: &[f64], e: &Tensor) {
+        self.emb = Some((ts.to_vec(), to_vec(e)));
+    }
+
+    /// The captured times.
+    pub fn times(&self) -> Option<&[f64]> {
+        self.emb.as_ref().map(|(ts, _)| &ts[..])
+    }
+
+    /// Index of `t` among the captured times.
+    pub fn time_index(&self, t: f64) -> Option<usize> {
+        self.emb.as_ref()?.0.iter().position(|&s| s == t)
+    }
+
+    /// NN(t_k, x) for `x: [n, d]` (CPU float32, no grad) as a leaf that requires grad;
+    /// records what the backward needs in `buf` (a reused buffer, resized here). With
+    /// `clip = Some(c)` the leaf is clamp(NN, −c, c) and the backward passes the gradient
+    /// only where −c ≤ NN ≤ c (libtorch's clamp convention, bounds included). With a
+    /// `head` (captured head values needed, [`TrunkTape::set_head`]) the leaf is the whole
+    /// control value of [`Head`].
+    pub fn forward(
+        &mut self,
+        k: usize,
+        x: &Tensor,
+        mut buf: Vec<f32>,
+        clip: Option<f32>,
+        head: Option<Head<'_>>,
+    ) -> Tensor {
+        let c = self.width;
+        let n = x.size()[0] as usize;
+        let nl = self.layers.len() - 1; // GELU layers
+        let x = x.detach().contiguous();
+        buf.resize(2 * nl * n * c, 0.0);
+        let (acts, gs) = buf.split_at_mut(nl * n * c);
+        let (_, emb) = self
+            .emb
+            .as_ref()
+            .expect("embeddings captured before forward");
+        let e = &emb[k * c..(k + 1) * c];
+        let bias0: Vec<f32> = self.layers[0].b.iter().zip(e).map(|(b, e)| b + e).collect();
+        let mut mask = Vec::new();
+        let mut head_z = None;
+        let out = tch::no_grad(|| {
+            for l in 0..nl {
+                let (prev, cur) = acts.split_at_mut(l * n * c);
+                let h = &mut cur[..n * c];
+                let w = &self.layers[l].w;
+                let input = if l == 0 {
+                    x.shallow_clone()
+                } else {
+                    view(&prev[(l - 1) * n * c..], n, c)
+                };
+                let _ = input.mm_out(&view_mut(h, n, c), &w.tr());
+                let bias = if l == 0 { &bias0 } else { &self.layers[l].b };
+                bias_gelu(h, &mut gs[l * n * c..(l + 1) * n * c], bias);
+            }
+            let last = &self.layers[nl];
+            // GEMM, then the bias (and the clamp) in one host pass: libtorch's addmm
+            // broadcasts a d_out-wide bias over the rows in a separate, slow pass.
+            let out = view(&acts[(nl - 1) * n * c..], n, c).mm(&last.w.tr());
+            let vals = host_mut_contig(&out);
+            let d_out = last.b.len();
+            for row in vals.chunks_exact_mut(d_out) {
+                row.iter_mut().zip(&last.b).for_each(|(v, b)| *v += b);
+            }
+            if let Some(cl) = clip {
+                // Keep the gradient mask, then clamp in place.
+                mask.clear();
+                mask.extend(vals.iter().map(|v| v.abs() <= cl)); // false for NaN, as in libtorch
+                vals.iter_mut().for_each(|v| *v = v.clamp(-cl, cl));
+            }
+            if let Some(hd) = &head {
+                head_z = Some(self.add_head(k, hd, host(&x), vals));
+            }
+            out.set_requires_grad(true)
+        });
+        self.steps.push(TapeStep {
+            k,
+            x,
+            out: out.shallow_clone(),
+            buf,
+            mask: clip.map(|_| mask),
+            head_z,
+        });
+        out
+    }
+
+    /// vals += clamp(z, ±c_s) ⊙ s_k (see [`Head`]); returns the clipped z.
+    fn add_head(&self, k: usize, hd: &Head<'_>, xs: &[f32], vals: &mut [f32]) -> Vec<f32> {
+        let (hv, out) = self
+            .head
+            .as_ref()
+            .expect("head values captured before forward");
+        let d_out = self.layers.last().map_or(0, |l| l.b.len());
+        assert_eq!(
+            xs.len(),
+            vals.len(),
+            "head: x and the output differ in shape"
+        );
+        if let Some((sc, _)) = hd.score {
+            assert_eq!(
+                sc.len(),
+                vals.len(),
+                "head: score and output differ in shape"
+            );
+        }
+        let sk = &hv[k * out..(k + 1) * out];
+        // s_k broadcast to one row of width d_out.
+        let srow: Vec<f32> = (0..d_out)
+            .map(|j| sk[if *out == 1 { 0 } else { j }])
+            .collect();
+        let cs = hd.clip_s;
+        let mut zc = vec![0f32; vals.len()];
+        // z = α·x + β·score with the terms present, each product rounded as in the tensor code.
+        match (hd.x_coef, hd.score) {
+            (Some(a), Some((sc, Some(b)))) => zc
+                .iter_mut()
+                .zip(xs.iter().zip(sc))
+                .for_each(|(z, (x, s))| *z = x * a + s * b),
+            (Some(a), Some((sc, None))) => zc
+                .iter_mut()
+                .zip(xs.iter().zip(sc))
+                .for_each(|(z, (x, s))| *z = x * a + s),
+            (Some(a), None) => zc.iter_mut().zip(xs).for_each(|(z, x)| *z = x * a),
+            (None, Some((sc, Some(b)))) => zc.iter_mut().zip(sc).for_each(|(z, s)| *z = s * b),
+            (None, Some((sc, None))) => zc.copy_from_slice(sc),
+            (None, None) => {}
+        }
+        for (vr, zr) in vals.chunks_exact_mut(d_out).zip(zc.chunks_exact_mut(d_out)) {
+            for ((v, z), s) in vr.iter_mut().zip(zr.iter_mut()).zip(&srow) {
+                *z = z.clamp(-cs, cs);
+                *v += *z * s;
+            }
+        }
+        zc
+    }
+
+    /// The trunk's backward for every recorded step from the leaves' gradients (steps whose
+    /// leaf got no gradient contribute nothing). Returns the gradients and the step buffers
+    /// (for reuse).
+    pub fn backward(self) -> (TapeGrads, Vec<Vec<f32>>) {
+        let c = self.width;
+        let nl = self.layers.len() - 1;
+        let kk = self.emb.as_ref().map_or(0, |(ts, _)| ts.len());
+        let mut gw: Vec<Tensor> = self.layers.iter().map(|l| l.w.zeros_like()).collect();
+        let mut gb: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.b.len()]).collect();
+        let mut gemb = vec![0f32; kk * c];
+        let head_out = self.head.as_ref().map_or(0, |(_, out)| *out);
+        let mut ghead = vec![0f64; kk * head_out];
+        let mut pool = Vec::with_capacity(self.steps.len());
+        let mut da = Vec::new();
+        let mut dh = Vec::new();
+        let mut col = vec![0f32; c];
+        tch::no_grad(|| {
+            for st in self.steps {
+                let dout = st.out.grad();
+                if dout.defined() {
+                    let dout = dout.contiguous();
+                    if let Some(zc) = &st.head_z {
+                        // ∂L/∂s_k = Σ_rows z_c ⊙ δ (over the columns too when out = 1).
+                        let g = host_mut_contig(&dout);
+                        let d_out = self.layers[nl].b.len();
+                        // Column sums in float32 per step (as autograd's reduction), then
+                        // added in float64 across steps.
+                        let mut cols = vec![0f32; d_out];
+                        for (zr, gr) in zc.chunks_exact(d_out).zip(g.chunks_exact(d_out)) {
+                            for ((s, z), v) in cols.iter_mut().zip(zr).zip(gr) {
+                                *s += z * v;
+                            }
+                        }
+                        let gk = &mut ghead[st.k * head_out..(st.k + 1) * head_out];
+                        if head_out == 1 {
+                            gk[0] += cols.iter().map(|&v| v as f64).sum::<f64>();
+                        } else {
+                            gk.iter_mut().zip(&cols).for_each(|(a, &v)| *a += v as f64);
+                        }
+                    }
+                    if let Some(mask) = &st.mask {
+                        // In place: the leaf and its gradient are dropped after this step.
+                        let g = host_mut_contig(&dout);
+                        g.iter_mut().zip(mask).for_each(|(v, &m)| {
+                            if !m {
+                                *v = 0.0;
+                            }
+                        });
+                    }
+                    let n = dout.size()[0] as usize;
+                    da.resize(n * c, 0.0);
+                    dh.resize(n * c, 0.0);
+                    let (acts, gs) = st.buf.split_at(nl * n * c);
+                    let last = &self.layers[nl];
+                    let a_last = view(&acts[(nl - 1) * n * c..], n, c);
+                    let _ = gw[nl].addmm_(&dout.tr(), &a_last);
+                    // Output-bias gradient: column sums of δ on the host (float32 per step,
+                    // float64 across steps, as before).
+                    let mut col_out = vec![0f32; gb[nl].len()];
+                    for row in host_mut_contig(&dout).chunks_exact(col_out.len()) {
+                        col_out.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    for (s, v) in gb[nl].iter_mut().zip(col_out) {
+                        *s += v as f64;
+                    }
+                    let _ = dout.mm_out(&view_mut(&mut da, n, c), &last.w);
+                    for l in (0..nl).rev() {
+                        col.iter_mut().for_each(|v| *v = 0.0);
+                        mul_colsum(&da, &gs[l * n * c..(l + 1) * n * c], &mut dh, &mut col);
+                        for (s, v) in gb[l].iter_mut().zip(&col) {
+                            *s += *v as f64;
+                        }
+                        let dh_t = view(&dh, n, c);
+                        if l == 0 {
+                            let _ = gw[0].addmm_(&dh_t.tr(), &st.x);
+                            for (s, v) in gemb[st.k * c..(st.k + 1) * c].iter_mut().zip(&col) {
+                                *s += v;
+                            }
+                        } else {
+                            let _ = gw[l].addmm_(&dh_t.tr(), &view(&acts[(l - 1) * n * c..], n, c));
+                            let _ = dh_t.mm_out(&view_mut(&mut da, n, c), &self.layers[l].w);
+                        }
+                    }
+                }
+                pool.push(st.buf);
+            }
+        });
+        let layers = gw
+            .iter()
+            .zip(gb)
+            .map(|(w, b)| (to_vec(w), b.into_iter().map(|v| v as f32).collect()))
+            .collect();
+        let head = match (&self.head, &self.emb) {
+            (Some(_), Some((ts, _))) => {
+                Some((ts.clone(), ghead.into_iter().map(|v| v as f32).collect()))
+            }
+            _ => None,
+        };
+        let emb = self.emb.map(|(ts, _)| (ts, gemb));
+        (TapeGrads { layers, emb, head }, pool)
+    }
+
+    /// Gives the step buffers back without a backward.
+    pub fn into_buffers(self) -> Vec<Vec<f32>> {
+        self.steps.into_iter().map(|s| s.buf).collect()
+    }
+}
