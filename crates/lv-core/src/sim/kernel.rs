@@ -92,6 +92,14 @@ impl StepKernel {
         }
     }
 
+    /// σ_k of forms 3.2 and 3.3 (0 for form 3.4, which has no ∇·v term).
+    pub(crate) fn sigma(&self) -> f64 {
+        match *self {
+            StepKernel::Euler { sigma, .. } => sigma,
+            StepKernel::Exp { .. } => 0.0,
+        }
+    }
+
     /// The coefficient of ∇·v in R: λ²σ_kΔ_k (forms 3.2, 3.3; only the bridge has a v).
     pub(crate) fn div_coef(&self) -> f64 {
         match *self {

@@ -99,7 +99,10 @@ fn replay_terms(
     let mut per_row = cost.sum_dim_intlist([1i64].as_slice(), false, cost.kind());
     if let Some(div) = div {
         // λ²σ_k(∇·v)Δ_k, as in the simulation (module doc of `sim`).
-        per_row += div * col(&|k| k.div_coef()).squeeze_dim(1);
+        // As the float32 product of the columns λ²σ_k and Δ_k.
+        let lam2 = rec.noise_scale * rec.noise_scale;
+        let rate = col(&|k| lam2 * k.sigma());
+        per_row += div * (rate * col(&|k| k.quad())).squeeze_dim(1);
     }
     per_row
         .reshape([steps, n])
