@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lv_nets::{select_device, set_threads, DeviceChoice, RuntimeInfo};
 
-use lv_bench::{bench_step, cli_metrics, cli_targets, run, tables};
+use lv_bench::commands::{bench_step, metrics, targets};
+use lv_bench::{run, tables};
 
 #[derive(Parser)]
 #[command(
@@ -46,7 +47,7 @@ enum Cmd {
     Sample(run::SampleArgs),
     /// Sample metrics between a model sample A and a reference sample B (W2, Sinkhorn in
     /// both conventions, MMD, geometric W2 for particle systems).
-    Metrics(cli_metrics::MetricsArgs),
+    Metrics(metrics::MetricsArgs),
     /// Measure training steps per second of a configuration (used by `cargo xtask bench`).
     BenchStep(bench_step::BenchStepArgs),
     /// Reproduce a benchmark table (`cargo xtask reproduce-table` runs this).
@@ -104,14 +105,14 @@ fn run() -> Result<()> {
             print!("{}", RuntimeInfo::collect().render());
             println!("device        : {device:?} (--device {choice})");
         }
-        Cmd::Targets { json } => cli_targets::run(json)?,
+        Cmd::Targets { json } => targets::run(json)?,
         Cmd::Train(args) => {
             let dir = run::train(&args, &overrides)?;
             eprintln!("run folder: {}", dir.display());
         }
         Cmd::Eval(args) => run::eval(&args, &overrides)?,
         Cmd::Sample(args) => run::sample(&args, &overrides)?,
-        Cmd::Metrics(args) => cli_metrics::run(&args, seed)?,
+        Cmd::Metrics(args) => metrics::run(&args, seed)?,
         Cmd::BenchStep(args) => bench_step::run(&args, &overrides)?,
         Cmd::Reproduce(args) => tables::run(&args, &overrides)?,
         Cmd::Config(ConfigCmd::Show { row, preset, set }) => {

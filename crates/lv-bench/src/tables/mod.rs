@@ -14,17 +14,25 @@
 //! its checkpoint. `--force` recomputes.
 
 use crate::config::RunConfig;
-use crate::run::{write_atomic, Metric, Overrides, RunResults};
+use crate::run::{write_atomic, Metric, Overrides};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use lv_core::driver::CurveLine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod markdown;
+mod slurm;
+mod summary;
+
+use markdown::render_markdown;
+use slurm::emit_slurm;
+use summary::collect;
 
 /// A table specification.
 #[derive(Debug, Deserialize)]
@@ -345,267 +353,6 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
         "wall time {:.0} s; table written to {}",
         t0.elapsed().as_secs_f64(),
         md_path.display()
-    );
-    Ok(())
-}
-
-/// One (row, seed) of a table's summary: the run's results with the preset and row.
-#[derive(Debug, Serialize)]
-struct SummaryRow {
-    preset: String,
-    row: String,
-    #[serde(flatten)]
-    results: RunResults,
-}
-
-/// Reads every job's results.json into `results/<table>/summary.{json,csv}`.
-fn collect(spec: &TableSpec, args: &ReproduceArgs, jobs: &[Job]) -> Result<Vec<SummaryRow>> {
-    let mut all = Vec::new();
-    for j in jobs {
-        all.push(SummaryRow {
-            preset: args.preset.clone(),
-            row: j.key.clone(),
-            results: RunResults::read(&j.dir.join("results.json"))?,
-        });
-    }
-    let dir = args.out.join(&spec.name);
-    std::fs::create_dir_all(&dir)?;
-    write_atomic(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&all)?.as_bytes(),
-    )?;
-    // CSV: the scalar fields of every row (the union of keys) and the mode-coverage fraction.
-    let objects: Vec<serde_json::Map<String, serde_json::Value>> = all
-        .iter()
-        .map(|r| {
-            let mut o = match serde_json::to_value(r) {
-                Ok(serde_json::Value::Object(o)) => o,
-                _ => Default::default(),
-            };
-            o.retain(|_, x| !x.is_object() && !x.is_array());
-            if let Some(f) = r.results.value(Metric::ModeCoverageFraction) {
-                o.insert(Metric::ModeCoverageFraction.name(), f.into());
-            }
-            o
-        })
-        .collect();
-    let mut keys: Vec<String> = Vec::new();
-    for o in &objects {
-        for k in o.keys() {
-            if !keys.contains(k) {
-                keys.push(k.clone());
-            }
-        }
-    }
-    let mut csv = keys.join(",") + "\n";
-    for o in &objects {
-        let row: Vec<String> = keys
-            .iter()
-            .map(|k| match o.get(k) {
-                None | Some(serde_json::Value::Null) => String::new(),
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(x) => x.to_string(),
-            })
-            .collect();
-        csv += &(row.join(",") + "\n");
-    }
-    write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
-    Ok(all)
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    })
-}
-
-fn fmt(x: f64) -> String {
-    if x == 0.0 {
-        "0".into()
-    } else if x.abs() >= 1000.0 || x.abs() < 1e-3 {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.3}")
-    }
-}
-
-fn render_markdown(
-    spec: &TableSpec,
-    args: &ReproduceArgs,
-    jobs: &[Job],
-    summary: &[SummaryRow],
-    wall: f64,
-) -> Result<String> {
-    let mut out = format!("# {} — preset `{}`\n\n", spec.title, args.preset);
-    // Preset settings from the first config of each row.
-    let rev = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(repo_root())
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .unwrap_or_default();
-    let seeds: Vec<String> = {
-        let mut s: Vec<u64> = jobs.iter().map(|j| j.seed).collect();
-        s.sort();
-        s.dedup();
-        s.iter().map(u64::to_string).collect()
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    out += &format!("Machine: {cores} cores, {cpu}.\n\n");
-    out += &format!(
-        "Generated by `cargo xtask reproduce-table --table {} --preset {}` at git revision `{}`; \
-         seeds {}; wall time of this invocation {:.0} s (rows already computed are reused).\n\n",
-        spec.name,
-        args.preset,
-        rev.trim(),
-        seeds.join(", "),
-        wall
-    );
-    out += "Settings per row (from the preset's config files):\n\n| row | batch | grid steps | train steps | lr | exploration λ₀ (steps) | eval n |\n|---|---|---|---|---|---|---|\n";
-    let mut seen = Vec::new();
-    for j in jobs {
-        if seen.contains(&j.key) {
-            continue;
-        }
-        seen.push(j.key.clone());
-        let c = crate::preset::Preset::load(&j.config)?.resolve(&j.key, &[])?;
-        let explore = if c.train.explore_scale > 1.0 {
-            format!("{} ({})", c.train.explore_scale, c.train.explore_steps)
-        } else {
-            "none".into()
-        };
-        out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
-            j.key, c.train.batch, c.sde.steps, c.train.steps, c.train.lr, explore, c.eval.n
-        );
-    }
-    out += &format!(
-        "\nOurs: median over seeds, with [min, max] below. Published values: {}.\n\n",
-        spec.source
-    );
-    let mut header = "| method | loss | target |".to_string();
-    let mut rule = "|---|---|---|".to_string();
-    for m in &spec.metrics {
-        header += &format!(" {} |", m.name());
-        rule += "---|";
-    }
-    header += " published | best peer | note |\n";
-    rule += "---|---|---|\n";
-    out += &header;
-    out += &rule;
-    for r in &spec.rows {
-        let key = row_key(r);
-        let rows: Vec<&RunResults> = summary
-            .iter()
-            .filter(|v| v.row == key)
-            .map(|v| &v.results)
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let mut line = format!("| {} | {} | {} |", r.method, r.loss, r.target);
-        for &m in &spec.metrics {
-            let vals: Vec<f64> = rows.iter().filter_map(|v| v.value(m)).collect();
-            match median(vals.clone()) {
-                Some(med) => {
-                    let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
-                    let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    line += &format!(" {} <br>[{}, {}] |", fmt(med), fmt(lo), fmt(hi));
-                }
-                None => line += " – |",
-            }
-        }
-        let published: Vec<String> = r
-            .published
-            .iter()
-            .map(|(k, v)| format!("{k} {}", fmt(*v)))
-            .collect();
-        line += &format!(
-            " {} |",
-            if published.is_empty() {
-                "–".into()
-            } else {
-                published.join(", ")
-            }
-        );
-        line += &match &r.peer {
-            Some(p) => format!(" {}: {} {} |", p.name, p.metric, fmt(p.value)),
-            None => " – |".into(),
-        };
-        line += &format!(" {} |\n", r.note);
-        out += &line;
-    }
-    out += "\nKeys: `log_z_error_is` = |log Ẑ_IS − log Z| (importance sampling, with Itô term), \
-            `log_z_error_elbo` = |ELBO − log Z| (second pass, no Itô term), `ess` = normalised ESS, \
-            `avg_marginal_stddev` = mean_k |ŝ_k − s_k| with the target's exact s_k (analytic or by \
-            quadrature; else the std of 1e6 exact samples with a fixed seed, recorded as \
-            `stddev_reference` in results.json), `sinkhorn_sde` = the sde_sampler convention \
-            (Euclidean cost, ε = 1e-3, 100 iterations) on `eval.n_sinkhorn_sde` model samples against \
-            as many fresh exact samples (the sizes used are `metric_sizes` in results.json; the \
-            paper preset uses 1e5, as the paper).\n";
-    Ok(out)
-}
-
-fn emit_slurm(dir: &Path, args: &ReproduceArgs, jobs: &[Job]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut list = String::new();
-    // Paths relative to the repository root, so the script works in any checkout.
-    let root = repo_root();
-    for j in jobs {
-        let config = j.config.strip_prefix(&root).unwrap_or(&j.config);
-        list += &format!(
-            "{} {} {} {}\n",
-            config.display(),
-            j.key,
-            j.seed,
-            j.dir.display()
-        );
-    }
-    write_atomic(&dir.join("jobs.txt"), list.as_bytes())?;
-    let script = format!(
-        "#!/bin/bash\n#SBATCH --job-name=lv-{table}-{preset}\n#SBATCH --array=1-{n}\n#SBATCH --gres=gpu:1\n#SBATCH --cpus-per-task=4\n#SBATCH --time=24:00:00\n\
-         # One (row, seed) per array index; run from the repository root after `cargo xtask setup`\n\
-         # and `cargo build --release -p lv-bench`.\nset -euo pipefail\n\
-         line=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {jobs})\nread -r config row seed out <<< \"$line\"\n\
-         mkdir -p \"$out\"\n\
-         if [ -f \"$out/checkpoint.json\" ]; then\n  ./target/release/lv --device auto train --resume \"$out\" --quiet\nelse\n  ./target/release/lv --device auto train --config \"$config\" --row \"$row\" --set seed=$seed --out \"$out\" --quiet\nfi\n",
-        table = args.table,
-        preset = args.preset,
-        n = jobs.len(),
-        jobs = dir.join("jobs.txt").display()
-    );
-    write_atomic(&dir.join("job.sbatch"), script.as_bytes())?;
-    let collect = format!(
-        "#!/bin/bash\n# After the array finishes: build the summary and the markdown table.\n./target/release/lv reproduce --table {} --preset {} --collect-only\n",
-        args.table, args.preset
-    );
-    write_atomic(&dir.join("collect.sh"), collect.as_bytes())?;
-    println!(
-        "wrote {} ({} array tasks), {} and {}",
-        dir.join("job.sbatch").display(),
-        jobs.len(),
-        dir.join("jobs.txt").display(),
-        dir.join("collect.sh").display()
     );
     Ok(())
 }

@@ -1,0 +1,75 @@
+//! A table's summary: every (row, seed) run's results.json collected into
+//! `results/<table>/summary.{json,csv}`.
+
+use super::{Job, ReproduceArgs, TableSpec};
+use crate::run::{write_atomic, Metric, RunResults};
+use anyhow::Result;
+use serde::Serialize;
+
+/// One (row, seed) of a table's summary: the run's results with the preset and row.
+#[derive(Debug, Serialize)]
+pub(super) struct SummaryRow {
+    pub(super) preset: String,
+    pub(super) row: String,
+    #[serde(flatten)]
+    pub(super) results: RunResults,
+}
+
+/// Reads every job's results.json into `results/<table>/summary.{json,csv}`.
+pub(super) fn collect(
+    spec: &TableSpec,
+    args: &ReproduceArgs,
+    jobs: &[Job],
+) -> Result<Vec<SummaryRow>> {
+    let mut all = Vec::new();
+    for j in jobs {
+        all.push(SummaryRow {
+            preset: args.preset.clone(),
+            row: j.key.clone(),
+            results: RunResults::read(&j.dir.join("results.json"))?,
+        });
+    }
+    let dir = args.out.join(&spec.name);
+    std::fs::create_dir_all(&dir)?;
+    write_atomic(
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )?;
+    // CSV: the scalar fields of every row (the union of keys) and the mode-coverage fraction.
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> = all
+        .iter()
+        .map(|r| {
+            let mut o = match serde_json::to_value(r) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => Default::default(),
+            };
+            o.retain(|_, x| !x.is_object() && !x.is_array());
+            if let Some(f) = r.results.value(Metric::ModeCoverageFraction) {
+                o.insert(Metric::ModeCoverageFraction.name(), f.into());
+            }
+            o
+        })
+        .collect();
+    let mut keys: Vec<String> = Vec::new();
+    for o in &objects {
+        for k in o.keys() {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+    }
+    let mut csv = keys.join(",") + "\n";
+    for o in &objects {
+        let row: Vec<String> = keys
+            .iter()
+            .map(|k| match o.get(k) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(x) => x.to_string(),
+            })
+            .collect();
+        csv += &(row.join(",") + "\n");
+    }
+    write_atomic(&dir.join("summary.csv"), csv.as_bytes())?;
+    Ok(all)
+}
