@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use lv_core::loss::{LossKind, LossName};
-use lv_core::method::MethodKind;
+use lv_core::method::{Method, MethodKind};
 use lv_core::train::TrainSettings;
 use lv_nets::ctrl::{ControlKind, CtrlConfig};
 use lv_nets::ema::EmaConfig;
@@ -80,11 +80,43 @@ fn default_log() -> usize {
 pub struct SdeConfig {
     /// Number of Euler–Maruyama steps (ignored by `dds_exp`, whose cosine grid is fixed).
     pub steps: usize,
+    /// `ou_dds` only: the prior std σ₀ (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_std: Option<f64>,
+    /// `ou_dds` only: the total noise Σa_n of the step scheme (default 6, as RSMC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_scale: Option<f64>,
 }
 
 impl Default for SdeConfig {
     fn default() -> Self {
-        Self { steps: 200 }
+        Self {
+            steps: 200,
+            prior_std: None,
+            noise_scale: None,
+        }
+    }
+}
+
+impl SdeConfig {
+    /// The method of `kind` on these settings; errors name the key.
+    pub fn method(&self, kind: MethodKind) -> Result<Method> {
+        if kind != MethodKind::OuDds {
+            for (key, v) in [
+                ("prior_std", self.prior_std),
+                ("noise_scale", self.noise_scale),
+            ] {
+                if v.is_some() {
+                    bail!("key `sde.{key}` applies to method `ou_dds` only (method is `{kind}`)");
+                }
+            }
+            return Method::from_kind(kind, self.steps);
+        }
+        let sigma0 = self.prior_std.unwrap_or(1.0);
+        let noise_scale = self.noise_scale.unwrap_or(6.0);
+        lv_core::check::positive("sde.prior_std", sigma0)?;
+        lv_core::check::positive("sde.noise_scale", noise_scale)?;
+        Method::ou_dds(self.steps, sigma0, noise_scale)
     }
 }
 
@@ -209,6 +241,7 @@ impl RunConfig {
         self.ema.check("ema.")?;
         self.eval.check("eval.")?;
         count("sde.steps", self.sde.steps, 1, MAX_SDE_STEPS)?;
+        self.sde.method(self.method)?;
         count("lv_traj_k", self.lv_traj_k, 1, MAX_COUNT)?;
         count("threads", self.threads, 0, MAX_THREADS)?;
         count("checkpoint_every", self.checkpoint_every, 1, MAX_COUNT)?;

@@ -1,7 +1,9 @@
 //! Path-space losses on a batch of log-RNDs R (spec §2, §3.6).
 //!
-//! Every loss is multiplied by 1/d. Samples whose R is non-finite or ≥ `max_rnd` are
-//! filtered (masked out, no host synchronisation) and counted by the caller.
+//! The losses of the LV paper are multiplied by 1/d; the later papers' LV variants
+//! (`lv_biased` of RSMC, `vargrad` of Sendera et al.) are not, as in their code. Samples whose
+//! R is non-finite or ≥ `max_rnd` are filtered (masked out, no host synchronisation) and
+//! counted by the caller.
 
 use crate::sim::{kept_mask, Mode};
 use anyhow::{bail, Result};
@@ -20,6 +22,9 @@ pub enum LossName {
     /// Also accepted as `tb` (trajectory balance).
     #[serde(alias = "tb")]
     Moment,
+    LvBiased,
+    #[serde(rename = "vargrad")]
+    VarGrad,
 }
 
 impl LossName {
@@ -37,6 +42,8 @@ impl LossName {
                 LossKind::LvTraj { k }
             }
             Self::Moment => LossKind::Moment,
+            Self::LvBiased => LossKind::LvBiased,
+            Self::VarGrad => LossKind::VarGrad,
         })
     }
 
@@ -48,6 +55,8 @@ impl LossName {
             Self::Lv => "lv",
             Self::LvTraj => "lv_traj",
             Self::Moment => "moment",
+            Self::LvBiased => "lv_biased",
+            Self::VarGrad => "vargrad",
         }
     }
 }
@@ -74,10 +83,19 @@ pub enum LossKind {
     LvTraj { k: usize },
     /// Moment / trajectory balance: mean of (R + c)² with a learned scalar c ≈ log Z.
     Moment,
+    /// RSMC's LV baseline (`loss_type = lv` of nolerk/gfn-smc-jax): mean_i (R_i − R̄)² over
+    /// the kept samples, the **biased** variance (divisor n), no learned log Z, not scaled
+    /// by 1/d.
+    LvBiased,
+    /// Sendera et al.'s VarGrad (`tb-avg`): ½·mean_i (R_i − R̄)² over the kept samples
+    /// (divisor n), not scaled by 1/d.
+    #[serde(rename = "vargrad")]
+    VarGrad,
 }
 
 impl LossKind {
-    /// Parses `kl`, `kl_ito`, `lv`, `lv_traj` (needs `k`), `moment` (alias `tb`).
+    /// Parses `kl`, `kl_ito`, `lv`, `lv_traj` (needs `k`), `moment` (alias `tb`),
+    /// `lv_biased`, `vargrad`.
     pub fn parse(name: &str, k: usize) -> Result<Self> {
         let name = match name {
             "kl" => LossName::Kl,
@@ -85,7 +103,12 @@ impl LossKind {
             "lv" => LossName::Lv,
             "lv_traj" => LossName::LvTraj,
             "moment" | "tb" => LossName::Moment,
-            other => bail!("unknown loss `{other}`: expected kl, kl_ito, lv, lv_traj, moment"),
+            "lv_biased" => LossName::LvBiased,
+            "vargrad" => LossName::VarGrad,
+            other => bail!(
+                "unknown loss `{other}`: expected kl, kl_ito, lv, lv_traj, moment, lv_biased, \
+                 vargrad"
+            ),
         };
         name.with_k(k)
     }
@@ -98,6 +121,8 @@ impl LossKind {
             Self::Lv => "lv",
             Self::LvTraj { .. } => "lv_traj",
             Self::Moment => "moment",
+            Self::LvBiased => "lv_biased",
+            Self::VarGrad => "vargrad",
         }
     }
 
@@ -106,7 +131,9 @@ impl LossKind {
         match self {
             Self::Kl => Mode::Kl,
             Self::KlIto => Mode::KlIto,
-            Self::Lv | Self::LvTraj { .. } | Self::Moment => Mode::Lv,
+            Self::Lv | Self::LvTraj { .. } | Self::Moment | Self::LvBiased | Self::VarGrad => {
+                Mode::Lv
+            }
         }
     }
 
@@ -118,7 +145,7 @@ impl LossKind {
 
 /// The loss of a batch.
 pub struct LossValue {
-    /// Scalar loss, already × 1/d.
+    /// Scalar loss (× 1/d for the LV paper's losses).
     pub loss: Tensor,
     /// Number of kept samples (a float scalar on the device, read only when logging).
     pub kept: Tensor,
@@ -136,20 +163,26 @@ pub fn batch_loss(
     let mask = kept_mask(rnd, max_rnd);
     let kept = mask.sum(Kind::Float);
     let r0 = rnd.where_self(&mask.to_kind(Kind::Bool), &rnd.zeros_like());
-    let scale = 1.0 / dim as f64;
+    let per_dim = 1.0 / dim as f64;
     let loss = match kind {
-        LossKind::Kl | LossKind::KlIto => (&r0 * &mask).sum(Kind::Float) / &kept,
-        LossKind::Lv => masked_var(&r0, &mask, None),
-        LossKind::LvTraj { k } => masked_var(&r0, &mask, Some(k as i64)),
+        LossKind::Kl | LossKind::KlIto => (&r0 * &mask).sum(Kind::Float) / &kept * per_dim,
+        LossKind::Lv => masked_var(&r0, &mask, None) * per_dim,
+        LossKind::LvTraj { k } => masked_var(&r0, &mask, Some(k as i64)) * per_dim,
         LossKind::Moment => {
             let c = log_z.expect("the moment loss needs a learned log Z parameter");
-            ((&r0 + c).square() * &mask).sum(Kind::Float) / &kept
+            ((&r0 + c).square() * &mask).sum(Kind::Float) / &kept * per_dim
         }
+        LossKind::LvBiased => masked_biased_var(&r0, &mask),
+        LossKind::VarGrad => masked_biased_var(&r0, &mask) * 0.5,
     };
-    LossValue {
-        loss: loss * scale,
-        kept,
-    }
+    LossValue { loss, kept }
+}
+
+/// Biased (divisor n) variance over the masked entries: mean_i (R_i − R̄)².
+fn masked_biased_var(r0: &Tensor, mask: &Tensor) -> Tensor {
+    let n = mask.sum(Kind::Float);
+    let mean = (r0 * mask).sum(Kind::Float) / &n;
+    ((r0 - mean).square() * mask).sum(Kind::Float) / n
 }
 
 /// Unbiased (n − 1) variance over the masked entries; with `groups = Some(K)`, the mean over
@@ -219,6 +252,24 @@ mod tests {
         let c = Tensor::from(-2.0f32);
         let out = batch_loss(LossKind::Moment, &r, None, 1, Some(&c));
         assert!((out.loss.double_value(&[]) - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn lv_biased_and_vargrad_are_the_biased_variance_unscaled() {
+        let r = t(&[1.0, 2.0, f32::NAN, 4.0, 1e9]);
+        // kept: 1, 2, 4 → mean 7/3; Σ(r − mean)² = 16/9 + 1/9 + 25/9 = 42/9; /3 = 14/9.
+        let lv = batch_loss(LossKind::LvBiased, &r, Some(1e8), 5, None);
+        assert!((lv.loss.double_value(&[]) - 14.0 / 9.0).abs() < 1e-6);
+        assert_eq!(lv.kept.double_value(&[]), 3.0);
+        let vg = batch_loss(LossKind::VarGrad, &r, Some(1e8), 5, None);
+        assert!((vg.loss.double_value(&[]) - 7.0 / 9.0).abs() < 1e-6);
+        // The RSMC variance equals (n − 1)/n times the unbiased one (and lacks the 1/d).
+        let unbiased = batch_loss(LossKind::Lv, &r, Some(1e8), 1, None);
+        let ratio = lv.loss.double_value(&[]) / unbiased.loss.double_value(&[]);
+        assert!((ratio - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(LossKind::parse("vargrad", 0).unwrap(), LossKind::VarGrad);
+        assert_eq!(LossKind::parse("lv_biased", 0).unwrap(), LossKind::LvBiased);
+        assert_eq!(LossKind::LvBiased.mode(), Mode::Lv);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum MethodKind {
     DdsExp,
     /// General bridge: both controls learned, form 3.2 with the σ∇·v term.
     Bridge,
+    /// The discrete-time "ou_dds" reference of the RSMC code (nolerk/gfn-smc-jax, spec
+    /// benchmarks §5.1): N(0, σ₀²I) prior, OU kernels with the cos⁴ step scheme
+    /// ([`ou_dds_alpha`]); [`RndForm::OuDds`].
+    OuDds,
 }
 
 impl MethodKind {
@@ -32,6 +36,7 @@ impl MethodKind {
             Self::Dds => "dds",
             Self::DdsExp => "dds_exp",
             Self::Bridge => "bridge",
+            Self::OuDds => "ou_dds",
         }
     }
 }
@@ -51,8 +56,12 @@ impl std::str::FromStr for MethodKind {
             "dds" => Self::Dds,
             "dds_exp" => Self::DdsExp,
             "bridge" => Self::Bridge,
+            "ou_dds" => Self::OuDds,
             other => {
-                bail!("unknown method `{other}`: expected one of pis, dis, dds, dds_exp, bridge")
+                bail!(
+                    "unknown method `{other}`: expected one of pis, dis, dds, dds_exp, bridge, \
+                     ou_dds"
+                )
             }
         })
     }
@@ -70,6 +79,38 @@ pub enum RndForm {
     Reference { dds: bool },
     /// Spec §3.4 (exponential-integrator DDS), parameters α and σ.
     ExpIntegrator { alpha: f64, sigma: f64 },
+    /// The discrete-time OU reference of RSMC's "ou_dds" on the uniform grid t_n = n/N,
+    /// N = `steps`, with a_n = [`ou_dds_alpha`]`(n, N, noise_scale)`:
+    /// forward kernel p_F(x_{n+1}|x_n) = N(√(1−a_n)x_n + a_n u_n, a_n σ₀² I) (the control u
+    /// is RSMC's mean shift f_θ), backward kernel p_B(x_n|x_{n+1}) = N(√(1−a_n)x_{n+1},
+    /// a_n σ₀² I), prior N(0, σ₀² I). The OU kernel is reversible for N(0, σ₀² I), so
+    /// r(τ) = log p_0(x_0) + Σ log p_F − Σ log p_B − log ρ(x_N) is exactly
+    /// Σ_n [(a_n/σ₀²) u_n·(w_n − ½u_n) + (√a_n/σ₀) u_n·ξ_n] + log N(x_N; 0, σ₀² I) − log ρ(x_N)
+    /// (no discretisation error).
+    OuDds {
+        sigma0: f64,
+        noise_scale: f64,
+        steps: usize,
+    },
+}
+
+/// Offset s of the cos⁴ step scheme of DDS/RSMC.
+pub const OU_DDS_OFFSET: f64 = 0.008;
+
+/// The step coefficient a_n of RSMC's "ou_dds" reference (its `cos_sq_fn_step_scheme`; the
+/// exponent is 4 despite the name): a_n = ns·c_n / Σ_{k=0}^{N} c_k with
+/// c_k = cos⁴(½π·(k/N + s)/(1 + s)), s = [`OU_DDS_OFFSET`], ns = `noise_scale` (6 in
+/// RSMC). Steps n = 0 … N − 1 use a_0 … a_{N−1}; the (N + 1)-th entry only enters the
+/// normaliser, so Σ_{n<N} a_n is just below ns. Clamped to [0, 1] (the kernel needs
+/// a_n ≤ 1; RSMC clamps √a_n to [0, 1]).
+pub fn ou_dds_alpha(n: usize, steps: usize, noise_scale: f64) -> f64 {
+    let c = |k: usize| {
+        let phase = (k as f64 / steps as f64 + OU_DDS_OFFSET) / (1.0 + OU_DDS_OFFSET)
+            * std::f64::consts::FRAC_PI_2;
+        phase.cos().powi(4)
+    };
+    let total: f64 = (0..=steps).map(c).sum();
+    (noise_scale * c(n) / total).clamp(0.0, 1.0)
 }
 
 /// A sampler: prior, base SDE, time grid and RND form.
@@ -150,6 +191,32 @@ impl Method {
         })
     }
 
+    /// RSMC's discrete-time "ou_dds" reference ([`RndForm::OuDds`]): N(0, σ₀² I) prior,
+    /// `steps` steps on the grid t_n = n/N of [0, 1] (the network's time input, as RSMC's
+    /// `step / num_steps`), step scheme with total noise `noise_scale` (RSMC: 6).
+    pub fn ou_dds(steps: usize, sigma0: f64, noise_scale: f64) -> Result<Self> {
+        if !(sigma0.is_finite() && sigma0 > 0.0) {
+            bail!("ou_dds needs a positive finite prior std σ₀ (got {sigma0})");
+        }
+        if !(noise_scale.is_finite() && noise_scale > 0.0) {
+            bail!("ou_dds needs a positive finite noise scale (got {noise_scale})");
+        }
+        Ok(Self {
+            kind: MethodKind::OuDds,
+            prior: Prior::Gauss { std: sigma0 },
+            grid: TimeGrid::uniform(1.0, steps)?,
+            sde: Sde::Bm {
+                sigma: sigma0,
+                t_end: 1.0,
+            },
+            form: RndForm::OuDds {
+                sigma0,
+                noise_scale,
+                steps,
+            },
+        })
+    }
+
     /// Bridge: truncated N(0, I) prior, Brownian motion σ = 1 on [0, 1], form 3.2 with v.
     pub fn bridge(steps: usize) -> Result<Self> {
         let sde = Sde::bm_unit();
@@ -163,7 +230,8 @@ impl Method {
     }
 
     /// The method of a kind with the paper's SDE and `steps` uniform steps (ignored by
-    /// `dds_exp`, whose grid is fixed).
+    /// `dds_exp`, whose grid is fixed; `ou_dds` with σ₀ = 1 and noise scale 6, see
+    /// [`Method::ou_dds`] for others).
     pub fn from_kind(kind: MethodKind, steps: usize) -> Result<Self> {
         match kind {
             MethodKind::Pis => Self::pis(steps),
@@ -171,6 +239,7 @@ impl Method {
             MethodKind::Dds => Self::dds(steps),
             MethodKind::DdsExp => Self::dds_exp(),
             MethodKind::Bridge => Self::bridge(steps),
+            MethodKind::OuDds => Self::ou_dds(steps, 1.0, 6.0),
         }
     }
 

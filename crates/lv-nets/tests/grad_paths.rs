@@ -357,6 +357,51 @@ fn direct_lv_with_native_trunk_matches_autograd() {
     }
 }
 
+/// RSMC's `ou_dds` kernel: the direct path (fused host update, with and without the native
+/// trunk) gives the gradients of the one-piece replay, for the paper's LV and RSMC's biased
+/// variance.
+#[test]
+fn ou_dds_direct_paths_match_replay() {
+    let _rng = rng_lock();
+    let target = ScaledGauss {
+        dim: 3,
+        mean: 0.5,
+        std: 1.2,
+        log_z: 0.3,
+    };
+    let meth = Method::ou_dds(30, 2.0, 6.0).unwrap();
+    for loss in [LossKind::Lv, LossKind::LvBiased] {
+        tch::manual_seed(3);
+        let vs = VarStore::new(Device::Cpu);
+        let ctrl = ScoreCtrl::new(&vs.root(), 3, &CtrlConfig::default()).unwrap();
+        randomize(&vs);
+        let run = |native: bool, rows: usize| -> Vec<Tensor> {
+            let s = TrainSettings {
+                batch: 32,
+                replay_rows: rows,
+                native_trunk: native,
+                ..TrainSettings::default()
+            };
+            let expect = match (native, rows) {
+                (true, _) => GradPath::Direct { native: true },
+                (false, 0) => GradPath::Replay { chunk_rows: None },
+                (false, _) => GradPath::Direct { native: false },
+            };
+            let check = |tr: &Trainer<'_>| assert_eq!(tr.grad_path(), expect);
+            one_batch(&meth, &target, &ctrl, loss, s, check).1
+        };
+        let reference = run(false, 0);
+        for (native, rows) in [(false, 4), (true, 4), (true, 0)] {
+            assert_grads_close(
+                &reference,
+                &run(native, rows),
+                5e-5,
+                &format!("ou_dds {loss:?} native {native} rows {rows}"),
+            );
+        }
+    }
+}
+
 /// Two and three batch shards give the gradients (and loss) of the unsharded batch, for the
 /// direct LV path (native trunk and autograd), LV per initial point and the KL graph path,
 /// with PIS and DIS; repeated sharded batches are bitwise equal; the parent control's

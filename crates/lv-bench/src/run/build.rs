@@ -28,7 +28,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
     let cfg = &res.cfg;
     let device = res.runtime.device;
     let target = lv_targets::by_name(&cfg.target)?;
-    let method = Method::from_kind(res.method, cfg.sde.steps)?;
+    let method = cfg.sde.method(res.method)?;
     let vs = VarStore::new(device);
     let d = target.dim() as i64;
     let sde = method.sde;
@@ -64,7 +64,7 @@ pub fn build(res: &Resolved) -> Result<Built> {
             None,
         ),
         _ => match res.method {
-            MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp => (
+            MethodKind::Pis | MethodKind::Dds | MethodKind::DdsExp | MethodKind::OuDds => (
                 Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)?),
                 None,
             ),

@@ -80,21 +80,22 @@ pub(super) fn fused_lv_update(
                 *ri += ito * lam;
             }
         }
-        StepKernel::Exp { beta, .. } => {
-            let decay = f((1.0 - beta * beta).sqrt());
+        StepKernel::Exp { .. } | StepKernel::Discrete { .. } => {
+            let (decay, gain, scale) = kernel.linear().expect("a linear form");
+            let (decay, gain, noise) = (f(decay), f(gain), f(scale));
             let quad = f(kernel.quad());
-            let noise = f(kernel.ito_scale());
+            let ito_scale = f(kernel.ito_scale());
             for (i, ri) in rv.iter_mut().enumerate() {
                 let (mut cost, mut ito) = (0f32, 0f32);
                 for j in i * d..(i + 1) * d {
                     let uu = us[j];
                     cost += uu * (uu - uu * 0.5);
                     ito += uu * xis[j];
-                    x_next[j] = xs[j] * decay + uu * quad + xis[j] * noise;
-                    coef[j] = xis[j] * noise;
+                    x_next[j] = xs[j] * decay + uu * gain + xis[j] * noise;
+                    coef[j] = xis[j] * ito_scale;
                 }
                 *ri += cost * quad;
-                *ri += ito * noise;
+                *ri += ito * ito_scale;
             }
         }
     }

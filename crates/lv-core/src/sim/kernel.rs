@@ -6,10 +6,12 @@
 //!
 //! - state:   X_{k+1} = advance(X_k, w_k, ΔŴ'_k), the Euler–Maruyama step
 //!   X_k + (a_k X_k + σ_k w_k)Δ_k + σ_k λ√Δ_k ξ_k (forms 3.2, 3.3) or the exponential
-//!   integrator √(1−β_k²) X_k + β_k²s² w_k + sβ_kλ ξ_k (form 3.4);
+//!   integrator √(1−β_k²) X_k + β_k²s² w_k + sβ_kλ ξ_k (form 3.4), or RSMC's OU kernel
+//!   √(1−a_k) X_k + a_k w_k + √a_k σ₀λ ξ_k (`ou_dds`);
 //! - log-RND: R += q_k (u_k − r_k)·(w_k − ½(u_k + r_k)) + (u_k − r_k)·ΔŴ_k, with
 //!   q_k = Δ_k and ΔŴ_k = λ√Δ_k ξ_k (forms 3.2, 3.3), or q_k = β_k²s² and
-//!   ΔŴ_k = sβ_kλ ξ_k (form 3.4); the KL modes use ½|u_k − r_k|² q_k instead of the first
+//!   ΔŴ_k = sβ_kλ ξ_k (form 3.4), or q_k = a_k/σ₀² and ΔŴ_k = (√a_k λ/σ₀) ξ_k (`ou_dds`);
+//!   the KL modes use ½|u_k − r_k|² q_k instead of the first
 //!   term (w = u);
 //! - the reference control: r_k = rs(t_k)·X_k for form 3.3 (PIS: the reference SDE's own
 //!   control), r_k = −v(t_k, X_k) for form 3.2 with an inference control (bridge; then also
@@ -19,7 +21,7 @@
 //! rowdot(u − r, ito_noise)·ito_scale in the step code, ∂R/∂u_k = ito_noise·ito_scale in the
 //! kept-controls path, and the recording stores ito_noise·ito_scale for the replay.
 
-use crate::method::{Method, RndForm};
+use crate::method::{ou_dds_alpha, Method, RndForm};
 use tch::Tensor;
 
 /// The scalars of one step of one RND form (module doc).
@@ -37,10 +39,15 @@ pub(crate) enum StepKernel {
     /// Form 3.4: the exponential integrator with β = clamp(α√Δ, 0, 1), prior scale s and
     /// off-policy noise scale λ.
     Exp { beta: f64, s: f64, lam: f64 },
+    /// RSMC's discrete-time OU kernel ([`RndForm::OuDds`]) with step coefficient a_n, prior
+    /// std σ₀ and off-policy noise scale λ: X' = √(1−a)X + a w + √a σ₀λ ξ;
+    /// R += (a/σ₀²) u·(w − ½u) + (√a λ/σ₀) u·ξ.
+    Discrete { a: f64, sigma0: f64, lam: f64 },
 }
 
 impl StepKernel {
-    /// The kernel of the step from t to t + dt of `method` with off-policy noise scale `lam`.
+    /// The kernel of the step from t to t + dt of `method` with off-policy noise scale `lam`
+    /// (for [`RndForm::OuDds`], t = n/N names the step n).
     pub(crate) fn new(method: &Method, t: f64, dt: f64, lam: f64) -> Self {
         let euler = |rs: f64| StepKernel::Euler {
             dt,
@@ -57,6 +64,31 @@ impl StepKernel {
                 s: sigma,
                 lam,
             },
+            RndForm::OuDds {
+                sigma0,
+                noise_scale,
+                steps,
+            } => StepKernel::Discrete {
+                a: ou_dds_alpha((t * steps as f64).round() as usize, steps, noise_scale),
+                sigma0,
+                lam,
+            },
+        }
+    }
+
+    /// (decay, gain, noise) of the linear forms: X' = decay·X + gain·w + noise·ξ (`None` for
+    /// the Euler forms, whose step also has the drift a·X·Δ).
+    pub(crate) fn linear(&self) -> Option<(f64, f64, f64)> {
+        match *self {
+            StepKernel::Euler { .. } => None,
+            StepKernel::Exp { beta, s, lam } => Some((
+                (1.0 - beta * beta).sqrt(),
+                beta * beta * s * s,
+                s * beta * lam,
+            )),
+            StepKernel::Discrete { a, sigma0, lam } => {
+                Some(((1.0 - a).sqrt(), a, a.sqrt() * sigma0 * lam))
+            }
         }
     }
 
@@ -65,6 +97,7 @@ impl StepKernel {
         match *self {
             StepKernel::Euler { dt, .. } => dt,
             StepKernel::Exp { beta, s, .. } => beta * beta * s * s,
+            StepKernel::Discrete { a, sigma0, .. } => a / (sigma0 * sigma0),
         }
     }
 
@@ -72,7 +105,7 @@ impl StepKernel {
     pub(crate) fn ref_scale(&self) -> f64 {
         match *self {
             StepKernel::Euler { rs, .. } => rs,
-            StepKernel::Exp { .. } => 0.0,
+            StepKernel::Exp { .. } | StepKernel::Discrete { .. } => 0.0,
         }
     }
 
@@ -80,7 +113,7 @@ impl StepKernel {
     pub(crate) fn ito_noise(&self, xi: &Tensor) -> Tensor {
         match *self {
             StepKernel::Euler { dt, .. } => xi * dt.sqrt(),
-            StepKernel::Exp { .. } => xi.shallow_clone(),
+            StepKernel::Exp { .. } | StepKernel::Discrete { .. } => xi.shallow_clone(),
         }
     }
 
@@ -89,6 +122,7 @@ impl StepKernel {
         match *self {
             StepKernel::Euler { lam, .. } => lam,
             StepKernel::Exp { beta, s, lam } => s * beta * lam,
+            StepKernel::Discrete { a, sigma0, lam } => a.sqrt() * lam / sigma0,
         }
     }
 
@@ -96,7 +130,7 @@ impl StepKernel {
     pub(crate) fn sigma(&self) -> f64 {
         match *self {
             StepKernel::Euler { sigma, .. } => sigma,
-            StepKernel::Exp { .. } => 0.0,
+            StepKernel::Exp { .. } | StepKernel::Discrete { .. } => 0.0,
         }
     }
 
@@ -104,7 +138,7 @@ impl StepKernel {
     pub(crate) fn div_coef(&self) -> f64 {
         match *self {
             StepKernel::Euler { dt, sigma, lam, .. } => sigma * lam * lam * dt,
-            StepKernel::Exp { .. } => 0.0,
+            StepKernel::Exp { .. } | StepKernel::Discrete { .. } => 0.0,
         }
     }
 
@@ -114,9 +148,9 @@ impl StepKernel {
             StepKernel::Euler {
                 dt, sigma, a, lam, ..
             } => xk + (xk * a + w * sigma) * dt + noise * (sigma * lam),
-            StepKernel::Exp { beta, s, lam } => {
-                let decay = (1.0 - beta * beta).sqrt();
-                xk * decay + w * (beta * beta * s * s) + noise * (s * beta * lam)
+            StepKernel::Exp { .. } | StepKernel::Discrete { .. } => {
+                let (decay, gain, scale) = self.linear().expect("a linear form");
+                xk * decay + w * gain + noise * scale
             }
         }
     }

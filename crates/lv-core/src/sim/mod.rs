@@ -255,6 +255,7 @@ fn terminal_term(method: &Method, target: &dyn Target, x: &Tensor, zc: Option<Ze
         RndForm::TimeReversal => -log_rho,
         RndForm::Reference { .. } => gauss(1.0) - log_rho,
         RndForm::ExpIntegrator { sigma, .. } => gauss(sigma) - log_rho,
+        RndForm::OuDds { sigma0, .. } => gauss(sigma0) - log_rho,
     }
 }
 

@@ -89,7 +89,7 @@ fn replay_terms(
     let ref_u = match method.form {
         RndForm::Reference { .. } => Some(&rec.xs * col(&|k| k.ref_scale())),
         RndForm::TimeReversal => v.as_ref().map(|v| -v),
-        RndForm::ExpIntegrator { .. } => None,
+        RndForm::ExpIntegrator { .. } | RndForm::OuDds { .. } => None,
     };
     let (diff, mean) = match &ref_u {
         Some(r) => (&u - r, (&u + r) * 0.5),

@@ -166,7 +166,7 @@ pub fn simulate_with_noise(
         let ref_u = match method.form {
             RndForm::Reference { .. } => Some(&xk * kernel.ref_scale()),
             RndForm::TimeReversal => v.as_ref().map(|v| -v),
-            RndForm::ExpIntegrator { .. } => None,
+            RndForm::ExpIntegrator { .. } | RndForm::OuDds { .. } => None,
         };
         let (diff, mean) = match &ref_u {
             Some(r) => (&u - r, (&u + r) * 0.5),
