@@ -2,6 +2,7 @@
 //! global-norm gradient clipping, on plain tensors so that the optimizer state can be
 //! checkpointed and restored exactly.
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// A group of parameters sharing a learning rate.
@@ -173,6 +174,24 @@ impl StepLr {
     }
 }
 
+/// A multi-step schedule (optax's `piecewise_constant_schedule`, RSMC's `multistep`): the
+/// factor is γ^k after `updates` updates, k = the number of milestones ≤ `updates`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrMilestones {
+    /// Update counts at which the factor is multiplied by γ (increasing).
+    pub at: Vec<usize>,
+    pub gamma: f64,
+}
+
+impl LrMilestones {
+    /// The factor after `updates` updates.
+    pub fn factor(&self, updates: usize) -> f64 {
+        let k = self.at.iter().filter(|&&m| m <= updates).count();
+        self.gamma.powi(k as i32)
+    }
+}
+
 /// The global L2 norm of the gradients, as a device scalar (no host synchronisation).
 pub fn grad_norm(params: &[Tensor]) -> Tensor {
     let sq: Vec<Tensor> = params
@@ -208,6 +227,18 @@ pub fn clip_grad_norm(params: &[Tensor], norm: &Tensor, max_norm: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milestones_multiply_at_each_count_reached() {
+        let m = LrMilestones {
+            at: vec![20_000, 30_000],
+            gamma: 0.3,
+        };
+        assert_eq!(m.factor(0), 1.0);
+        assert_eq!(m.factor(19_999), 1.0);
+        assert!((m.factor(20_000) - 0.3).abs() < 1e-15);
+        assert!((m.factor(35_000) - 0.09).abs() < 1e-15);
+    }
 
     #[test]
     fn adam_minimises_a_quadratic_and_matches_torch_first_step() {

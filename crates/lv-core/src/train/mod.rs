@@ -393,8 +393,16 @@ impl<'a> Trainer<'a> {
             }
             self.adam.step();
             self.counters.successful += 1;
+            let n = self.counters.successful;
             if let Some((every, gamma)) = self.settings.lr_schedule {
-                self.adam.lr_factor = StepLr { every, gamma }.factor(self.counters.successful);
+                self.adam.lr_factor = StepLr { every, gamma }.factor(n);
+            }
+            if let Some(m) = &self.settings.lr_milestones {
+                let base = match self.settings.lr_schedule {
+                    Some((every, gamma)) => StepLr { every, gamma }.factor(n),
+                    None => 1.0,
+                };
+                self.adam.lr_factor = base * m.factor(n);
             }
             self.apply_clip_schedule();
             hooks.after_update(&self.counters);

@@ -24,6 +24,10 @@ pub struct TrainSettings {
     pub weight_decay: f64,
     /// StepLR (every, γ); `None` keeps the lr constant.
     pub lr_schedule: Option<(usize, f64)>,
+    /// A multi-step schedule (×γ at given update counts, as RSMC's ×0.3 at 20k and 30k);
+    /// with `lr_schedule` as well, the two factors multiply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_milestones: Option<crate::optim::LrMilestones>,
     /// Global-norm gradient clipping.
     pub grad_clip: Option<f64>,
     pub max_rnd: Option<f64>,
@@ -109,6 +113,19 @@ impl TrainSettings {
             count(&key("lr_schedule[0]"), every, 1, MAX_COUNT)?;
             positive(&key("lr_schedule[1]"), gamma)?;
         }
+        if let Some(m) = &self.lr_milestones {
+            positive(&key("lr_milestones.gamma"), m.gamma)?;
+            for (i, &at) in m.at.iter().enumerate() {
+                count(&key(&format!("lr_milestones.at[{i}]")), at, 1, MAX_COUNT)?;
+                if i > 0 && at <= m.at[i - 1] {
+                    anyhow::bail!(
+                        "key `{}` must increase (entry {i} is {at} after {})",
+                        key("lr_milestones.at"),
+                        m.at[i - 1]
+                    );
+                }
+            }
+        }
         for (name, v) in [
             ("grad_clip", self.grad_clip),
             ("max_rnd", self.max_rnd),
@@ -158,6 +175,7 @@ impl Default for TrainSettings {
             lr_log_z: 0.1,
             weight_decay: 1e-7,
             lr_schedule: Some((100, 0.02f64.powf(100.0 / 60_000.0))),
+            lr_milestones: None,
             grad_clip: Some(1.0),
             max_rnd: Some(1e8),
             max_loss: None,
