@@ -1,6 +1,7 @@
 //! Run configuration: TOML plus `--set key=value` overrides, parsed strictly (unknown keys
 //! and wrong types are errors naming the key) and validated once, before any training.
 
+use crate::run::Protocol;
 use anyhow::{bail, Context, Result};
 use lv_core::loss::{LossKind, LossName};
 use lv_core::method::{Method, MethodKind};
@@ -136,6 +137,16 @@ pub struct EvalConfig {
     pub n_metrics: usize,
     /// Samples used for the sde_sampler Sinkhorn (paper: 100,000; slow on a CPU).
     pub n_sinkhorn_sde: usize,
+    /// Which evaluation protocol the sample metrics follow ([`Protocol`]): the LV paper's
+    /// (`fresh`, default) or the later benchmarks' (`fixed_reference`: `n_metrics` samples
+    /// against a fixed reference set at every evaluation, last value, mean of the last 5
+    /// and the noise floor).
+    #[serde(skip_serializing_if = "is_fresh")]
+    pub protocol: Protocol,
+}
+
+fn is_fresh(p: &Protocol) -> bool {
+    *p == Protocol::Fresh
 }
 
 impl Default for EvalConfig {
@@ -147,6 +158,7 @@ impl Default for EvalConfig {
             n_during: 2_000,
             n_metrics: 2_000,
             n_sinkhorn_sde: 2_000,
+            protocol: Protocol::Fresh,
         }
     }
 }
@@ -241,6 +253,17 @@ impl RunConfig {
         self.ema.check("ema.")?;
         self.eval.check("eval.")?;
         count("sde.steps", self.sde.steps, 1, MAX_SDE_STEPS)?;
+        if self.eval.protocol == Protocol::FixedReference
+            && self.eval.every > 0
+            && self.eval.n_during < self.eval.n_metrics
+        {
+            bail!(
+                "key `eval.n_during` ({}) must be at least `eval.n_metrics` ({}) with \
+                 eval.protocol = \"fixed_reference\" (every evaluation computes the metrics)",
+                self.eval.n_during,
+                self.eval.n_metrics
+            );
+        }
         self.sde.method(self.method)?;
         count("lv_traj_k", self.lv_traj_k, 1, MAX_COUNT)?;
         count("threads", self.threads, 0, MAX_THREADS)?;

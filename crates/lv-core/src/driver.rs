@@ -11,7 +11,8 @@
 //! 1. `tch::manual_seed(step_seed(seed, k − 1))`, then one [`Trainer::step`]; the averager's
 //!    [`Averager::update`] runs after each successful optimizer update;
 //! 2. if `eval_every > 0`, k is a multiple of it and k < `steps`: an evaluation on `eval_n`
-//!    trajectories with the averaged weights, passed to [`Observer::on_eval`];
+//!    trajectories with the averaged weights, passed with their terminal samples to
+//!    [`Observer::on_eval`];
 //! 3. if k is a multiple of `log_every` or k = `steps`: a [`StepRecord`] to
 //!    [`Observer::on_step`];
 //! 4. [`Observer::on_progress`] (progress bars);
@@ -167,8 +168,9 @@ pub trait Observer {
     fn on_step(&mut self, _record: &StepRecord) -> Result<()> {
         Ok(())
     }
-    /// After each evaluation during training.
-    fn on_eval(&mut self, _record: &EvalRecord) -> Result<()> {
+    /// After each evaluation during training, with its terminal samples `[eval_n, d]`
+    /// (sample metrics are the observer's).
+    fn on_eval(&mut self, _record: &EvalRecord, _samples: &Tensor) -> Result<()> {
         Ok(())
     }
     /// After every step: its statistics, the latest evaluation and steps/s of this
@@ -274,12 +276,15 @@ impl<'t, 'a> Driver<'t, 'a> {
             let step = trainer.counters.step;
             if s.eval_every > 0 && step % s.eval_every == 0 && step < s.steps {
                 averager.swap_in();
-                let ev = trainer.evaluate(s.eval_n, s.eval_chunk).0;
+                let (ev, samples) = trainer.evaluate(s.eval_n, s.eval_chunk);
                 averager.swap_out();
-                observer.on_eval(&EvalRecord {
-                    step,
-                    eval: ev.clone(),
-                })?;
+                observer.on_eval(
+                    &EvalRecord {
+                        step,
+                        eval: ev.clone(),
+                    },
+                    &samples,
+                )?;
                 last_eval = Some(ev);
             }
             if step % s.log_every == 0 || step == s.steps {

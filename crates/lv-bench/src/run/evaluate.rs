@@ -2,7 +2,9 @@
 //! keys name, Δstd against the target's stds, mode coverage, results.json and the plots.
 
 use super::build::{controls_of, Built};
+use super::folder::read_sample_metrics;
 use super::folder::write_atomic;
+use super::protocol::{summarise, FixedReference, Protocol};
 use super::results::RunResults;
 use crate::config::{Resolved, RunConfig};
 use anyhow::{bail, Context, Result};
@@ -104,10 +106,27 @@ pub(crate) fn evaluate_run(
         stddev_error_per_coordinate: None,
         stddev_reference: None,
         mode_coverage: None,
+        periodic: None,
     };
     if x.nrows() >= 2 {
-        if let Some(m) = sample_metrics(b.target.as_ref(), &x, &cfg.eval, seed)? {
-            out.metrics = m;
+        match cfg.eval.protocol {
+            Protocol::Fresh => {
+                if let Some(m) = sample_metrics(b.target.as_ref(), &x, &cfg.eval, seed)? {
+                    out.metrics = m;
+                }
+            }
+            Protocol::FixedReference => {
+                let fixed = FixedReference::new(b.target.as_ref(), cfg.eval.n_metrics)?;
+                let n = x.nrows().min(fixed.len());
+                out.metrics = fixed.metrics_of(&x.slice(ndarray::s![..n, ..]).to_owned())?;
+                let during: Vec<_> = read_sample_metrics(dir)
+                    .into_iter()
+                    .filter(|r| r.step < counters.step)
+                    .map(|r| r.metrics)
+                    .collect();
+                let floor = fixed.noise_floor(b.target.as_ref())?;
+                out.periodic = Some(summarise(&during, &out.metrics, floor));
+            }
         }
         let (stds, source) = reference_stds(b.target.as_ref())?;
         let se = lv_metrics::std_errors(x.view(), &stds)?;

@@ -1,6 +1,7 @@
 //! The run folder's files: checkpoints (one atomic tensor file with the counters inside,
 //! plus a readable `checkpoint.json`), the metrics log and atomic writes.
 
+use super::protocol::{FixedReference, SampleMetricsRecord};
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use lv_core::driver::{Averager, Checkpoint, EvalRecord, Observer, StepRecord};
@@ -26,6 +27,23 @@ pub(crate) struct CheckpointMeta {
 pub(crate) struct MetricsFile<'b> {
     pub(crate) file: std::fs::File,
     pub(crate) bar: &'b ProgressBar,
+    /// With the benchmark protocol: the fixed reference set and `sample_metrics.jsonl`.
+    pub(crate) sample_metrics: Option<(&'b FixedReference, std::fs::File)>,
+}
+
+/// The benchmark metrics of the evaluations during training ([`SampleMetricsRecord`] lines).
+pub(crate) const SAMPLE_METRICS: &str = "sample_metrics.jsonl";
+
+/// Reads the [`SampleMetricsRecord`]s of a run folder (none if the file is absent; a line
+/// that does not parse, as one cut short by a kill, is skipped).
+pub(crate) fn read_sample_metrics(dir: &Path) -> Vec<SampleMetricsRecord> {
+    std::fs::read_to_string(dir.join(SAMPLE_METRICS))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Observer for MetricsFile<'_> {
@@ -34,8 +52,15 @@ impl Observer for MetricsFile<'_> {
         Ok(())
     }
 
-    fn on_eval(&mut self, r: &EvalRecord) -> Result<()> {
+    fn on_eval(&mut self, r: &EvalRecord, samples: &Tensor) -> Result<()> {
         writeln!(self.file, "{}", serde_json::to_string(r)?)?;
+        if let Some((fixed, file)) = &mut self.sample_metrics {
+            let rec = SampleMetricsRecord {
+                step: r.step,
+                metrics: fixed.metrics(samples)?,
+            };
+            writeln!(file, "{}", serde_json::to_string(&rec)?)?;
+        }
         Ok(())
     }
 
@@ -139,7 +164,7 @@ pub(crate) fn checkpoint_meta(
     .with_context(|| format!("parsing {}", meta_path.display()))
 }
 
-/// Drops the lines of `metrics.jsonl` logged after `step` (a run killed after its last
+/// Drops the lines of `metrics.jsonl` (or `sample_metrics.jsonl`) logged after `step` (a run killed after its last
 /// checkpoint logged steps that the resumed run repeats). Rewritten atomically.
 pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -147,10 +172,13 @@ pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
     };
     let mut kept = String::with_capacity(text.len());
     let mut dropped = false;
+    /// The step of any record line.
+    #[derive(Deserialize)]
+    struct Stepped {
+        step: u64,
+    }
     for line in text.lines() {
-        let line_step = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["step"].as_u64());
+        let line_step = serde_json::from_str::<Stepped>(line).ok().map(|s| s.step);
         match line_step {
             Some(s) if s as usize > step => dropped = true,
             // A line cut short by the kill does not parse: drop it too.

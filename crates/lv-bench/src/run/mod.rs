@@ -8,6 +8,8 @@
 //! RUN/checkpoint.json        a readable copy of the counters (written after; resume trusts
 //!                            the tensor file's copy, so a kill between the two is harmless)
 //! RUN/metrics.jsonl          the training curve
+//! RUN/sample_metrics.jsonl   the benchmark metrics of every evaluation during training
+//!                            (`eval.protocol = "fixed_reference"` only)
 //! RUN/results.json           the final evaluation
 //! RUN/samples.npy            terminal samples of the final evaluation
 //! ```
@@ -20,6 +22,7 @@ use crate::config::{Resolved, RunConfig};
 mod build;
 mod evaluate;
 mod folder;
+mod protocol;
 mod results;
 
 pub(crate) use build::controls_of;
@@ -32,6 +35,11 @@ pub use evaluate::{
 pub use folder::write_atomic;
 pub(crate) use folder::{
     read_checkpoint, restore, truncate_metrics, CheckpointMeta, FolderCheckpoint, MetricsFile,
+    SAMPLE_METRICS,
+};
+pub use protocol::{
+    FixedReference, PeriodicMetrics, Protocol, SampleMetricsRecord, MEAN_WINDOW, NOISE_FLOOR_DRAWS,
+    REFERENCE_SET_SEED,
 };
 pub use results::{Metric, RunResults};
 
@@ -184,6 +192,7 @@ fn train_built(
         // forget the training curve past the checkpoint.
         write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
         truncate_metrics(&dir.join("metrics.jsonl"), meta.counters.step)?;
+        truncate_metrics(&dir.join(SAMPLE_METRICS), meta.counters.step)?;
         trainer.counters = meta.counters.clone();
         trainer.apply_clip_schedule();
         seconds = meta.seconds;
@@ -194,7 +203,14 @@ fn train_built(
         );
     } else {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        let _ = std::fs::remove_file(dir.join(SAMPLE_METRICS));
     }
+    let fixed = match cfg.eval.protocol {
+        Protocol::FixedReference => {
+            Some(FixedReference::new(b.target.as_ref(), cfg.eval.n_metrics)?)
+        }
+        Protocol::Fresh => None,
+    };
     let total = cfg.train.steps;
     let bar = if quiet {
         ProgressBar::hidden()
@@ -212,9 +228,20 @@ fn train_built(
         .create(true)
         .append(true)
         .open(dir.join("metrics.jsonl"))?;
+    let sample_metrics = match &fixed {
+        Some(f) => Some((
+            f,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(SAMPLE_METRICS))?,
+        )),
+        None => None,
+    };
     let mut sink = MetricsFile {
         file: metrics,
         bar: &bar,
+        sample_metrics,
     };
     let mut store = FolderCheckpoint {
         vs: &b.vs,

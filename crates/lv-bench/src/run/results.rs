@@ -3,6 +3,7 @@
 //! are named by [`Metric`], parsed from the table file.
 
 use super::evaluate::StdReference;
+use super::protocol::PeriodicMetrics;
 use anyhow::{Context, Result};
 use lv_core::json::f64_or_nan;
 use lv_core::loss::LossName;
@@ -75,6 +76,10 @@ pub struct RunResults {
     /// Mode coverage for targets with known mode centres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode_coverage: Option<ModeCoverage>,
+    /// With `eval.protocol = "fixed_reference"`: the mean of the last 5 evaluations and the
+    /// noise floor (the top-level metrics are then the last evaluation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic: Option<PeriodicMetrics>,
 }
 
 impl RunResults {
@@ -83,6 +88,10 @@ impl RunResults {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("missing results {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    fn periodic(&self) -> Option<&PeriodicMetrics> {
+        self.periodic.as_ref()
     }
 
     /// The value of a scalar table column; `None` where the run has none (or it is not
@@ -107,6 +116,12 @@ impl RunResults {
             Metric::MmdUnbiased => self.metrics.mmd_unbiased,
             Metric::W2Geometric => self.metrics.w2_geometric,
             Metric::ModeCoverageFraction => self.mode_coverage.as_ref().map(|c| c.fraction),
+            Metric::SinkhornDivMean5 => self.periodic()?.mean_last.sinkhorn_div,
+            Metric::MmdMedianMean5 => self.periodic()?.mean_last.mmd_median,
+            Metric::W2GeometricMean5 => self.periodic()?.mean_last.w2_geometric,
+            Metric::SinkhornDivFloor => self.periodic()?.noise_floor.sinkhorn_div,
+            Metric::MmdMedianFloor => self.periodic()?.noise_floor.mmd_median,
+            Metric::W2GeometricFloor => self.periodic()?.noise_floor.w2_geometric,
             Metric::Seconds => Some(self.seconds),
             Metric::SkippedSteps => Some(self.skipped_steps as f64),
         };
@@ -136,6 +151,14 @@ pub enum Metric {
     MmdUnbiased,
     W2Geometric,
     ModeCoverageFraction,
+    /// The mean of the last 5 evaluations (benchmark protocol).
+    SinkhornDivMean5,
+    MmdMedianMean5,
+    W2GeometricMean5,
+    /// The noise floor (benchmark protocol).
+    SinkhornDivFloor,
+    MmdMedianFloor,
+    W2GeometricFloor,
     Seconds,
     SkippedSteps,
 }
