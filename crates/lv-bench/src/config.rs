@@ -87,6 +87,13 @@ pub struct SdeConfig {
     /// `ou_dds` only: the total noise Σa_n of the step scheme (default 6, as RSMC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_scale: Option<f64>,
+    /// `pis` only: the diffusion σ of the Brownian reference dX = σ dW (default √0.2, the
+    /// paper's; Sendera et al.: σ² = 5 for 25GMM, 1 for ManyWell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f64>,
+    /// `pis` only: the horizon T (default 5, the paper's; Sendera et al.: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t_end: Option<f64>,
 }
 
 impl Default for SdeConfig {
@@ -95,6 +102,8 @@ impl Default for SdeConfig {
             steps: 200,
             prior_std: None,
             noise_scale: None,
+            sigma: None,
+            t_end: None,
         }
     }
 }
@@ -102,16 +111,26 @@ impl Default for SdeConfig {
 impl SdeConfig {
     /// The method of `kind` on these settings; errors name the key.
     pub fn method(&self, kind: MethodKind) -> Result<Method> {
-        if kind != MethodKind::OuDds {
-            for (key, v) in [
-                ("prior_std", self.prior_std),
-                ("noise_scale", self.noise_scale),
-            ] {
-                if v.is_some() {
-                    bail!("key `sde.{key}` applies to method `ou_dds` only (method is `{kind}`)");
-                }
+        let only = |key: &str, v: Option<f64>, for_kind: MethodKind| -> Result<()> {
+            if v.is_some() && kind != for_kind {
+                bail!("key `sde.{key}` applies to method `{for_kind}` only (method is `{kind}`)");
             }
-            return Method::from_kind(kind, self.steps);
+            Ok(())
+        };
+        only("prior_std", self.prior_std, MethodKind::OuDds)?;
+        only("noise_scale", self.noise_scale, MethodKind::OuDds)?;
+        only("sigma", self.sigma, MethodKind::Pis)?;
+        only("t_end", self.t_end, MethodKind::Pis)?;
+        match kind {
+            MethodKind::OuDds => {}
+            MethodKind::Pis if self.sigma.is_some() || self.t_end.is_some() => {
+                let sigma = self.sigma.unwrap_or(0.2f64.sqrt());
+                let t_end = self.t_end.unwrap_or(5.0);
+                lv_core::check::positive("sde.sigma", sigma)?;
+                lv_core::check::positive("sde.t_end", t_end)?;
+                return Method::pis_with(sigma, t_end, self.steps);
+            }
+            _ => return Method::from_kind(kind, self.steps),
         }
         let sigma0 = self.prior_std.unwrap_or(1.0);
         let noise_scale = self.noise_scale.unwrap_or(6.0);

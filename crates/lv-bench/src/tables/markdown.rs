@@ -97,8 +97,10 @@ pub(super) fn render_markdown(
         "\nOurs: median over seeds, with [min, max] below. Published values: {}.\n\n",
         spec.source
     );
-    let mut header = "| method | loss | target |".to_string();
-    let mut rule = "|---|---|---|".to_string();
+    let variants = spec.rows.iter().any(|r| r.variant.is_some());
+    let mut header =
+        if variants { "| variant " } else { "" }.to_string() + "| method | loss | target |";
+    let mut rule = if variants { "|---" } else { "" }.to_string() + "|---|---|---|";
     for m in &spec.metrics {
         header += &format!(" {} |", m.name());
         rule += "---|";
@@ -117,7 +119,12 @@ pub(super) fn render_markdown(
         if rows.is_empty() {
             continue;
         }
-        let mut line = format!("| {} | {} | {} |", r.method, r.loss, r.target);
+        let mut line = match (&r.variant, variants) {
+            (Some(v), _) => format!("| {v} "),
+            (None, true) => "| ".to_string(),
+            (None, false) => String::new(),
+        };
+        line += &format!("| {} | {} | {} |", r.method, r.loss, r.target);
         for &m in &spec.metrics {
             let vals: Vec<f64> = rows.iter().filter_map(|v| v.value(m)).collect();
             match median(vals.clone()) {

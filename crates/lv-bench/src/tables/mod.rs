@@ -51,6 +51,10 @@ pub struct TableSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RowSpec {
+    /// Which configuration of the row this is (e.g. `paper`: the LV variant of the paper the
+    /// published number comes from; `ours`); shown as a column when any row has one.
+    #[serde(default)]
+    pub variant: Option<String>,
     pub method: String,
     pub loss: String,
     pub target: String,
