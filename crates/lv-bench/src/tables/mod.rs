@@ -82,7 +82,8 @@ pub struct ReproduceArgs {
     /// Table specification: `paper` or `benchmarks` (`configs/tables/<table>.toml`).
     #[arg(long, default_value = "paper")]
     pub table: String,
-    /// Preset: `quick` (CPU, minutes) or `paper` (the paper's hyper-parameters, for a GPU).
+    /// Preset: `quick` (CPU, minutes), `cpu` (≤ 15 min per run on 2 cores) or `paper` (the
+    /// papers' hyper-parameters, for a GPU or a Slurm array).
     #[arg(long, default_value = "quick")]
     pub preset: String,
     /// Seeds, comma-separated (default: 1,2,3 for quick, 1..5 for paper).
@@ -352,6 +353,11 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
     }
     let md_path = args.docs.join(format!("{}-{}.md", spec.name, args.preset));
     write_atomic(&md_path, md.as_bytes())?;
+    let json_path = args
+        .docs
+        .join(format!("{}-{}.json", spec.name, args.preset));
+    let rows = summary::doc_rows(&spec, &summary);
+    write_atomic(&json_path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     println!("{md}");
     eprintln!(
         "wall time {:.0} s; table written to {}",

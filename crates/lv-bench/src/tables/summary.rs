@@ -15,6 +15,55 @@ pub(super) struct SummaryRow {
     pub(super) results: RunResults,
 }
 
+/// One (row, seed) of a table as committed beside its markdown
+/// (`docs/results/<table>-<preset>.json`): the row's identity, time, log Z errors, ESS and
+/// the sample metrics (keys of `lv metrics --json`), with the periodic summary where the
+/// benchmark protocol ran.
+#[derive(Debug, Serialize)]
+pub(super) struct DocRow<'a> {
+    target: &'a str,
+    variant: Option<&'a str>,
+    method: String,
+    loss: String,
+    seed: u64,
+    seconds: f64,
+    log_z_error_is: Option<f64>,
+    log_z_error_elbo: Option<f64>,
+    ess: f64,
+    #[serde(flatten)]
+    metrics: &'a lv_metrics::MetricsReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    periodic: Option<&'a crate::run::PeriodicMetrics>,
+}
+
+/// The [`DocRow`]s of a table's summary, in its order.
+pub(super) fn doc_rows<'a>(spec: &'a TableSpec, summary: &'a [SummaryRow]) -> Vec<DocRow<'a>> {
+    summary
+        .iter()
+        .map(|s| {
+            let r = &s.results;
+            let variant = spec
+                .rows
+                .iter()
+                .find(|row| super::row_key(row) == s.row)
+                .and_then(|row| row.variant.as_deref());
+            DocRow {
+                target: &r.target,
+                variant,
+                method: r.method.to_string(),
+                loss: r.loss.to_string(),
+                seed: r.seed,
+                seconds: r.seconds,
+                log_z_error_is: r.log_z_error_is,
+                log_z_error_elbo: r.log_z_error_elbo,
+                ess: r.ess,
+                metrics: &r.metrics,
+                periodic: r.periodic.as_ref(),
+            }
+        })
+        .collect()
+}
+
 /// Reads every job's results.json into `results/<table>/summary.{json,csv}`.
 pub(super) fn collect(
     spec: &TableSpec,
