@@ -88,6 +88,32 @@ fn one_batch(
     (l.double_value(&[]), grads(&ctrl.parameters()))
 }
 
+/// The gradients of one LV batch of 32 on the path that `native` and `replay_rows = rows`
+/// select (asserted): the direct path (native trunk or autograd), or with rows 0 and no
+/// native trunk the one-piece replay.
+fn path_grads(
+    meth: &Method,
+    target: &ScaledGauss,
+    ctrl: &dyn Control,
+    loss: LossKind,
+    native: bool,
+    rows: usize,
+) -> Vec<Tensor> {
+    let s = TrainSettings {
+        batch: 32,
+        replay_rows: rows,
+        native_trunk: native,
+        ..TrainSettings::default()
+    };
+    let expect = match (native, rows) {
+        (true, _) => GradPath::Direct { native: true },
+        (false, 0) => GradPath::Replay { chunk_rows: None },
+        (false, _) => GradPath::Direct { native: false },
+    };
+    let check = |tr: &Trainer<'_>| assert_eq!(tr.grad_path(), expect);
+    one_batch(meth, target, ctrl, loss, s, check).1
+}
+
 /// Σ_k ⟨outs_k, cots_k⟩: a scalar loss with fixed cotangents.
 fn dot_loss(outs: &[Tensor], cots: &[Tensor]) -> Tensor {
     outs.iter()
@@ -328,20 +354,8 @@ fn direct_lv_with_native_trunk_matches_autograd() {
             let (meth, _vs, ctrl) = sampler(pis, 3, 30, 3);
             // rows 4: B·N above 8 × replay_rows, direct either way; rows 0: the reference is
             // the one-piece replay, and the native network still takes the direct path.
-            let run = |native: bool, rows: usize| -> Vec<Tensor> {
-                let s = TrainSettings {
-                    batch: 32,
-                    replay_rows: rows,
-                    native_trunk: native,
-                    ..TrainSettings::default()
-                };
-                let expect = match (native, rows) {
-                    (true, _) => GradPath::Direct { native: true },
-                    (false, 0) => GradPath::Replay { chunk_rows: None },
-                    (false, _) => GradPath::Direct { native: false },
-                };
-                let check = |tr: &Trainer<'_>| assert_eq!(tr.grad_path(), expect);
-                one_batch(&meth, &target, ctrl.as_ref(), loss, s, check).1
+            let run = |native: bool, rows: usize| {
+                path_grads(&meth, &target, ctrl.as_ref(), loss, native, rows)
             };
             for rows in [4, 0] {
                 let reference = run(false, rows);
@@ -375,21 +389,7 @@ fn ou_dds_direct_paths_match_replay() {
         let vs = VarStore::new(Device::Cpu);
         let ctrl = ScoreCtrl::new(&vs.root(), 3, &CtrlConfig::default()).unwrap();
         randomize(&vs);
-        let run = |native: bool, rows: usize| -> Vec<Tensor> {
-            let s = TrainSettings {
-                batch: 32,
-                replay_rows: rows,
-                native_trunk: native,
-                ..TrainSettings::default()
-            };
-            let expect = match (native, rows) {
-                (true, _) => GradPath::Direct { native: true },
-                (false, 0) => GradPath::Replay { chunk_rows: None },
-                (false, _) => GradPath::Direct { native: false },
-            };
-            let check = |tr: &Trainer<'_>| assert_eq!(tr.grad_path(), expect);
-            one_batch(&meth, &target, &ctrl, loss, s, check).1
-        };
+        let run = |native: bool, rows: usize| path_grads(&meth, &target, &ctrl, loss, native, rows);
         let reference = run(false, 0);
         for (native, rows) in [(false, 4), (true, 4), (true, 0)] {
             assert_grads_close(
