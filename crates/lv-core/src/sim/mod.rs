@@ -242,8 +242,8 @@ pub fn simulate_on(
     simulate_with_noise(method, grid, target, controls, x0, opts, None)
 }
 
-/// The terminal part of R: log p_ref(X_N) − log ρ(X_N) (forms 3.3, 3.4) or −log ρ(X_N)
-/// (form 3.2).
+/// The terminal part of R: log p_ref(X_N) − log ρ(X_N) (forms 3.3, 3.4, ou_dds), with
+/// p_ref the reference's terminal marginal, or −log ρ(X_N) (form 3.2).
 fn terminal_term(method: &Method, target: &dyn Target, x: &Tensor, zc: Option<ZeroCom>) -> Tensor {
     let log_rho = target.log_density(x);
     // Reference marginals N(0, std² I) of the subspace when states live in one.
@@ -253,7 +253,15 @@ fn terminal_term(method: &Method, target: &dyn Target, x: &Tensor, zc: Option<Ze
     };
     match method.form {
         RndForm::TimeReversal => -log_rho,
-        RndForm::Reference { .. } => gauss(1.0) - log_rho,
+        RndForm::Reference { dds } => {
+            // PIS: the Brownian reference from δ₀ ends at N(0, σ²T I) (σ²T = 1 for the
+            // paper's σ = √0.2, T = 5); Euler DDS: the VP's N(0, I).
+            let std = match (dds, method.sde) {
+                (false, crate::sde::Sde::Bm { sigma, t_end }) => sigma * t_end.sqrt(),
+                _ => 1.0,
+            };
+            gauss(std) - log_rho
+        }
         RndForm::ExpIntegrator { sigma, .. } => gauss(sigma) - log_rho,
         RndForm::OuDds { sigma0, .. } => gauss(sigma0) - log_rho,
     }

@@ -142,3 +142,35 @@ fn off_policy_bridge_rnd_matches_exact_kernel_ratio() {
         "the on-policy ∇·v coefficient leaves a bias (λ² − 1)∫σ∇·v dt: {errs:?}"
     );
 }
+
+/// PIS with a reference other than the paper's (σ²T = 5): with the zero control and the
+/// target N(0, σ²T I) — the reference's own terminal law — R ≡ −log Z on every path.
+#[test]
+fn pis_reference_terminal_law_is_n_0_sigma2_t() {
+    let _g = rng_lock();
+    let method = Method::pis_with(5f64.sqrt(), 1.0, 20).unwrap();
+    let target = ScaledGauss {
+        dim: 2,
+        mean: 0.0,
+        std: 5f64.sqrt(),
+        log_z: 0.7,
+    };
+    let zero = FnControl(|_t: f64, x: &Tensor| x.zeros_like());
+    let x0 = method
+        .prior
+        .sample(512, 2, tch::Device::Cpu)
+        .to_kind(Kind::Double);
+    for mode in [Mode::Lv, Mode::EvalIto] {
+        let out = tch::no_grad(|| {
+            simulate(
+                &method,
+                &target,
+                Controls::new(&zero),
+                &x0,
+                SimOptions::new(mode),
+            )
+        });
+        let gap = (&out.rnd + 0.7).abs().max().double_value(&[]);
+        assert!(gap < 1e-9, "{mode:?}: max |R + log Z| = {gap}");
+    }
+}
