@@ -394,15 +394,12 @@ impl<'a> Trainer<'a> {
             self.adam.step();
             self.counters.successful += 1;
             let n = self.counters.successful;
-            if let Some((every, gamma)) = self.settings.lr_schedule {
-                self.adam.lr_factor = StepLr { every, gamma }.factor(n);
-            }
-            if let Some(m) = &self.settings.lr_milestones {
-                let base = match self.settings.lr_schedule {
-                    Some((every, gamma)) => StepLr { every, gamma }.factor(n),
-                    None => 1.0,
-                };
-                self.adam.lr_factor = base * m.factor(n);
+            // The two schedules' factors multiply; with neither the factor is left as it is.
+            let step_lr =
+                (self.settings.lr_schedule).map(|(every, gamma)| StepLr { every, gamma }.factor(n));
+            let milestones = self.settings.lr_milestones.as_ref().map(|m| m.factor(n));
+            if step_lr.is_some() || milestones.is_some() {
+                self.adam.lr_factor = step_lr.unwrap_or(1.0) * milestones.unwrap_or(1.0);
             }
             self.apply_clip_schedule();
             hooks.after_update(&self.counters);
