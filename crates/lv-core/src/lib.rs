@@ -12,6 +12,7 @@
 //! - [`par`]: row-parallel host loops in libtorch's OpenMP thread team.
 //! - [`optim`], [`train`]: Adam (coupled L2), StepLR, clipping, the training loop.
 
+pub mod anneal;
 pub mod check;
 pub mod control;
 pub mod driver;

@@ -1,0 +1,322 @@
+//! Training and evaluation of an annealed sampler.
+//!
+//! One step draws x_0 ~ N(0, s² I) (B particles), runs one rollout ([`super::smc`]) and
+//! takes one Adam step on
+//! - **KL** (K = 1, no resampling): mean_i R_i/d with R = −Δ, gradient through the states;
+//! - **LV family** (`lv`, `lv_biased`, `vargrad`): the mean over the K pieces of the batch
+//!   variance of Δ_j (the loss's divisor and 1/d convention, [`crate::loss::LossKind`]),
+//!   states detached inside and between pieces, the training rollout resampling and
+//!   refreshing as configured. Var(Δ_j) is invariant to the constant log(Z_b/Z_a), so no
+//!   learned log-normaliser enters the LV losses.
+//!
+//! A step is skipped (counted, no update) when the loss or a gradient is not finite or
+//! |loss| > `max_loss`; non-finite Δ are left out of the loss and counted as filtered.
+//! Gradients are then clamped elementwise (`grad_clamp`, optax.clip as in CMCD/SCLD) and/or
+//! clipped in global norm (`grad_clip`).
+
+use super::path::GeometricPath;
+use super::sampler::{Annealed, Grad};
+use super::schedule::Betas;
+use super::smc::{rollout, SmcOptions};
+use super::{Mcmc, Resampling};
+use crate::control::Control;
+use crate::estimate::Evaluation;
+use crate::loss::{batch_loss, LossKind};
+use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup};
+use crate::target::Target;
+use crate::train::{Counters, StepStats};
+use anyhow::{bail, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Settings of annealed training.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AnnealedSettings {
+    pub batch: usize,
+    /// Learning rate of the control.
+    pub lr: f64,
+    /// Learning rate of a learnt β schedule.
+    pub beta_lr: f64,
+    /// Elementwise gradient clamp to [−c, c] (CMCD/SCLD: 1), or none.
+    pub grad_clamp: Option<f64>,
+    /// Global-norm gradient clipping, or none.
+    pub grad_clip: Option<f64>,
+    /// Skip steps with |loss| above this.
+    pub max_loss: Option<f64>,
+    /// Resampling of the training rollout (LV family only; SCLD: multinomial at 0.3).
+    pub resampling: Option<Resampling>,
+    /// MCMC refresh of the training rollout after each piece.
+    pub mcmc: Option<Mcmc>,
+    /// Exploration: behaviour noise λ decaying linearly from `explore_scale` to 1 over
+    /// `explore_steps` (LV family only).
+    pub explore_scale: f64,
+    pub explore_steps: usize,
+}
+
+impl Default for AnnealedSettings {
+    fn default() -> Self {
+        Self {
+            batch: 2000,
+            lr: 1e-3,
+            beta_lr: 1e-2,
+            grad_clamp: Some(1.0),
+            grad_clip: None,
+            max_loss: Some(1e7),
+            resampling: None,
+            mcmc: None,
+            explore_scale: 1.0,
+            explore_steps: 0,
+        }
+    }
+}
+
+/// The estimates of one evaluation: the plain rollout (importance sampling, the library's
+/// [`Evaluation`]) and, when SMC is configured, the SMC rollout's log Z and ELBO.
+pub struct AnnealedEval {
+    pub model: Evaluation,
+    /// Final particles of the plain rollout, `[n, d]` (importance-weighted by `model`).
+    pub samples: Tensor,
+    /// log Ẑ_SMC, ELBO_SMC and the SMC particles, when resampling or MCMC is configured.
+    pub smc: Option<SmcEval>,
+}
+
+/// The SMC part of an evaluation.
+pub struct SmcEval {
+    pub log_z: f64,
+    pub elbo: f64,
+    pub resamples: usize,
+    pub acceptance: Option<f64>,
+    pub samples: Tensor,
+}
+
+/// The trainer of an annealed sampler.
+pub struct AnnealedTrainer<'a> {
+    pub sampler: &'a Annealed,
+    pub betas: &'a Betas,
+    pub target: &'a dyn Target,
+    pub control: &'a dyn Control,
+    pub loss: LossKind,
+    pub settings: AnnealedSettings,
+    pub adam: Adam,
+    pub counters: Counters,
+    pub device: Device,
+    params: Vec<Tensor>,
+}
+
+impl<'a> AnnealedTrainer<'a> {
+    /// Checks the combination (loss, pieces, resampling) and builds the optimiser.
+    pub fn new(
+        sampler: &'a Annealed,
+        betas: &'a Betas,
+        target: &'a dyn Target,
+        control: &'a dyn Control,
+        loss: LossKind,
+        settings: AnnealedSettings,
+        device: Device,
+    ) -> Result<Self> {
+        match loss {
+            LossKind::Kl => {
+                if sampler.pieces != 1 || settings.resampling.is_some() {
+                    bail!(
+                        "the kl loss of an annealed sampler needs one piece and no resampling \
+                         (CMCD-KL); use an LV loss for SCLD"
+                    );
+                }
+                if settings.explore_scale > 1.0 {
+                    bail!("exploration (behaviour noise > 1) is only valid for LV losses");
+                }
+            }
+            LossKind::Lv | LossKind::LvBiased | LossKind::VarGrad => {}
+            other => bail!(
+                "loss `{}` is not available for annealed samplers: expected kl, lv, \
+                 lv_biased, vargrad",
+                other.name()
+            ),
+        }
+        if betas.steps != sampler.steps {
+            bail!(
+                "the β schedule has {} steps but the sampler {}",
+                betas.steps,
+                sampler.steps
+            );
+        }
+        if settings.batch < 2 {
+            bail!(
+                "annealed training needs a batch of at least 2 (got {})",
+                settings.batch
+            );
+        }
+        if !(settings.explore_scale.is_finite() && settings.explore_scale >= 1.0) {
+            bail!(
+                "the exploration scale must be ≥ 1 (got {})",
+                settings.explore_scale
+            );
+        }
+        let groups = vec![
+            ParamGroup {
+                params: control.parameters(),
+                lr: settings.lr,
+            },
+            ParamGroup {
+                params: betas.parameters(),
+                lr: settings.beta_lr,
+            },
+        ];
+        let params = groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(Tensor::shallow_clone))
+            .collect();
+        Ok(Self {
+            sampler,
+            betas,
+            target,
+            control,
+            loss,
+            settings,
+            adam: Adam::new(groups, 0.0),
+            counters: Counters::default(),
+            device,
+            params,
+        })
+    }
+
+    /// The current behaviour noise scale λ.
+    pub fn noise_scale(&self) -> f64 {
+        let s = &self.settings;
+        if s.explore_scale <= 1.0 || s.explore_steps == 0 {
+            return 1.0;
+        }
+        let frac = (self.counters.step as f64 / s.explore_steps as f64).min(1.0);
+        s.explore_scale + (1.0 - s.explore_scale) * frac
+    }
+
+    fn path(&self) -> GeometricPath {
+        GeometricPath {
+            prior_std: self.sampler.prior_std,
+            betas: self.betas.values(self.device),
+        }
+    }
+
+    fn prior_draw(&self, n: usize) -> Tensor {
+        let d = self.target.dim() as i64;
+        Tensor::randn([n as i64, d], (Kind::Float, self.device)) * self.sampler.prior_std
+    }
+
+    /// The loss of one rollout from `x0` with the training settings, and the number of
+    /// particles (over pieces) whose Δ entered it.
+    pub fn rollout_loss(&self, x0: &Tensor) -> (Tensor, f64) {
+        let d = self.target.dim();
+        let path = self.path();
+        let kl = self.loss == LossKind::Kl;
+        let opts = SmcOptions {
+            resampling: if kl { None } else { self.settings.resampling },
+            mcmc: self.settings.mcmc,
+            grad: if kl {
+                Grad::Pathwise
+            } else {
+                Grad::Detached {
+                    noise_scale: self.noise_scale(),
+                }
+            },
+        };
+        let ro = rollout(self.sampler, &path, self.target, self.control, x0, &opts);
+        let k = ro.deltas.len() as f64;
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut kept = 0.0;
+        for delta in &ro.deltas {
+            let r = (-delta).to_kind(Kind::Float);
+            let v = batch_loss(self.loss, &r, None, d, None);
+            kept += v.kept.double_value(&[]);
+            total = &total + v.loss / k;
+        }
+        (total, kept)
+    }
+
+    /// One training step (module doc).
+    pub fn step(&mut self) -> StepStats {
+        self.adam.zero_grad();
+        let n = self.settings.batch;
+        let x0 = self.prior_draw(n);
+        let (loss, kept) = self.rollout_loss(&x0);
+        let pieces = self.sampler.pieces as f64;
+        self.counters.filtered += (n as f64 * pieces - kept).max(0.0) as u64;
+        let lv = loss.double_value(&[]);
+        let mut skipped = !lv.is_finite() || self.settings.max_loss.is_some_and(|m| lv.abs() > m);
+        let mut gn = f64::NAN;
+        if !skipped {
+            loss.backward();
+            gn = grad_norm(&self.params).double_value(&[]);
+            skipped = !gn.is_finite();
+        }
+        if !skipped {
+            tch::no_grad(|| {
+                if let Some(c) = self.settings.grad_clamp {
+                    for p in &self.params {
+                        let mut g = p.grad();
+                        if g.defined() {
+                            let _ = g.clamp_(-c, c);
+                        }
+                    }
+                }
+            });
+            if let Some(m) = self.settings.grad_clip {
+                let norm = grad_norm(&self.params);
+                clip_grad_norm(&self.params, &norm, m);
+            }
+            self.adam.step();
+            self.counters.successful += 1;
+        } else {
+            self.counters.skipped += 1;
+        }
+        self.counters.step += 1;
+        StepStats {
+            step: self.counters.step,
+            loss: lv,
+            skipped,
+            kept,
+            grad_norm: gn,
+            lr: self.settings.lr,
+        }
+    }
+
+    /// Evaluates on `n` particles: the plain rollout in chunks of `chunk`, and one SMC
+    /// rollout of all n when resampling or MCMC is configured.
+    pub fn evaluate(&self, n: usize, chunk: usize) -> AnnealedEval {
+        let start = std::time::Instant::now();
+        let path = tch::no_grad(|| self.path());
+        let plain = SmcOptions::plain(Grad::None);
+        let mut neg_r = Vec::with_capacity(n);
+        let mut samples = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let m = chunk.max(1).min(n - done);
+            let x0 = self.prior_draw(m);
+            let ro = rollout(self.sampler, &path, self.target, self.control, &x0, &plain);
+            neg_r.extend(ro.total.expect("no resampling in the plain rollout"));
+            samples.push(ro.x);
+            done += m;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let model = Evaluation::from_log_weights(&neg_r, &neg_r, secs);
+        let smc = (self.settings.resampling.is_some() || self.settings.mcmc.is_some()).then(|| {
+            let opts = SmcOptions {
+                resampling: self.settings.resampling,
+                mcmc: self.settings.mcmc,
+                grad: Grad::None,
+            };
+            let x0 = self.prior_draw(n);
+            let ro = rollout(self.sampler, &path, self.target, self.control, &x0, &opts);
+            SmcEval {
+                log_z: ro.log_z,
+                elbo: ro.elbo,
+                resamples: ro.resamples,
+                acceptance: ro.acceptance,
+                samples: ro.x,
+            }
+        });
+        AnnealedEval {
+            model,
+            samples: Tensor::cat(&samples, 0),
+            smc,
+        }
+    }
+}
