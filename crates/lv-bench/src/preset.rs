@@ -13,7 +13,8 @@
 //! `loss = l`, `target = t`, then base, `methods.m`, `losses.l`, `targets.t` and `rows."<row>"`
 //! merged over it in that order (tables merge key by key, later values win; so a layer may
 //! set the loss a row name stands for, e.g. the paper preset's `lv` rows train `lv_traj`),
-//! then the `--set` overrides; the result is parsed strictly as a [`RunConfig`]. Any method, loss and target names compose; whether the
+//! then the `--set` overrides (a `targets.<t>.anneal` table enters the annealed methods'
+//! rows only, `cmcd` and `scld`); the result is parsed strictly as a [`RunConfig`]. Any method, loss and target names compose; whether the
 //! combination is valid is decided by [`RunConfig::validate`]. The resolved config is what a
 //! run folder stores (`config.toml`) and what the tables hash for resuming.
 
@@ -104,6 +105,9 @@ impl Preset {
         out.insert("loss".into(), toml::Value::String(l.into()));
         out.insert("target".into(), toml::Value::String(t.into()));
         merge(&mut out, &self.base);
+        let annealed = m
+            .parse::<lv_core::method::MethodKind>()
+            .is_ok_and(|k| k.is_annealed());
         for (section, name) in [
             (&self.methods, m),
             (&self.losses, l),
@@ -112,6 +116,14 @@ impl Preset {
         ] {
             match section.get(name) {
                 None => {}
+                // A target's `anneal` table is for the annealed methods of that target.
+                Some(toml::Value::Table(layer))
+                    if std::ptr::eq(section, &self.targets) && !annealed =>
+                {
+                    let mut layer = layer.clone();
+                    layer.remove("anneal");
+                    merge(&mut out, &layer);
+                }
                 Some(toml::Value::Table(layer)) => merge(&mut out, layer),
                 Some(_) => bail!(
                     "preset {}: the entry for `{name}` must be a table",

@@ -52,7 +52,7 @@ fn paper_kl_rows_repeat_initial_points() {
             }
             let b = lv_bench::run::build(&res).unwrap();
             let trainer = Trainer::new(
-                &b.method,
+                b.method().unwrap(),
                 b.target.as_ref(),
                 Controls::new(b.u.as_ref()),
                 res.loss,

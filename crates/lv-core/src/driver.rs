@@ -1,6 +1,7 @@
 //! The training driver: the loop of a whole run, in the library (argmin's executor pattern).
 //!
-//! [`Driver::run`] owns the steps of a [`Trainer`] and everything a run does between them:
+//! [`Driver::run`] owns the steps of a [`Learner`] (the diffusion [`Trainer`], the annealed
+//! [`crate::anneal::AnnealedTrainer`]) and everything a run does between them:
 //! re-seeding torch's generator from (seed, step) before every step (so a resumed run draws
 //! exactly the noises of an uninterrupted one), the weight average ([`Averager`], the EMA),
 //! periodic evaluations with the averaged weights, the training curve ([`Observer`]) and
@@ -22,7 +23,7 @@
 
 use crate::estimate::Evaluation;
 use crate::train::{Counters, Hooks, StepStats, Trainer};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -137,6 +138,53 @@ impl CurveLine {
     }
 }
 
+/// What the driver and a checkpoint need of a trainer: one step, an evaluation, the
+/// counters and the optimiser state.
+pub trait Learner {
+    /// One optimisation step; `hooks.after_update` runs after a successful update.
+    fn step(&mut self, hooks: &mut dyn Hooks) -> StepStats;
+    /// An evaluation on `n` trajectories (in chunks of `chunk`) and its terminal samples.
+    fn evaluate(&self, n: usize, chunk: usize) -> (Evaluation, Tensor);
+    fn counters(&self) -> &Counters;
+    /// The optimiser's state and any trained tensor outside the model's parameters, named.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Restores [`Learner::state`] and the counters of a checkpoint.
+    fn restore(&mut self, named: &[(String, Tensor)], counters: Counters) -> Result<()>;
+}
+
+impl Learner for Trainer<'_> {
+    fn step(&mut self, hooks: &mut dyn Hooks) -> StepStats {
+        Trainer::step(self, hooks)
+    }
+    fn evaluate(&self, n: usize, chunk: usize) -> (Evaluation, Tensor) {
+        Trainer::evaluate(self, n, chunk)
+    }
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut named = self.adam.state();
+        if let Some(c) = &self.log_z {
+            named.push(("log_z".into(), c.shallow_clone()));
+        }
+        named
+    }
+    fn restore(&mut self, named: &[(String, Tensor)], counters: Counters) -> Result<()> {
+        self.adam.load_state(named)?;
+        if let Some(c) = &self.log_z {
+            let src = named
+                .iter()
+                .find(|(k, _)| k == "log_z")
+                .context("checkpoint has no log_z")?;
+            tch::no_grad(|| c.shallow_clone().copy_(&src.1));
+        }
+        self.counters = counters;
+        // The clip schedule reached so far.
+        self.apply_clip_schedule();
+        Ok(())
+    }
+}
+
 /// A weight average of the trained parameters (the EMA of spec §7).
 pub trait Averager {
     /// After each successful optimizer update.
@@ -188,7 +236,7 @@ impl Observer for NoObserver {}
 pub trait Checkpoint {
     /// Called every `checkpoint_every` steps, at the last step and when the run stops early;
     /// `seconds` is the training time so far.
-    fn save(&mut self, trainer: &Trainer<'_>, averager: &dyn Averager, seconds: f64) -> Result<()>;
+    fn save(&mut self, trainer: &dyn Learner, averager: &dyn Averager, seconds: f64) -> Result<()>;
 }
 
 /// Keeps no checkpoints.
@@ -196,7 +244,7 @@ pub trait Checkpoint {
 pub struct NoCheckpoint;
 
 impl Checkpoint for NoCheckpoint {
-    fn save(&mut self, _: &Trainer<'_>, _: &dyn Averager, _: f64) -> Result<()> {
+    fn save(&mut self, _: &dyn Learner, _: &dyn Averager, _: f64) -> Result<()> {
         Ok(())
     }
 }
@@ -212,9 +260,9 @@ pub struct Outcome {
     pub finished: bool,
 }
 
-/// The loop of a run over a [`Trainer`] (see the module docs).
-pub struct Driver<'t, 'a> {
-    trainer: &'t mut Trainer<'a>,
+/// The loop of a run over a [`Learner`] (see the module docs).
+pub struct Driver<'t> {
+    trainer: &'t mut dyn Learner,
     schedule: Schedule,
     seconds: f64,
     stop_after: Option<usize>,
@@ -228,10 +276,10 @@ impl Hooks for AverageHook<'_> {
     }
 }
 
-impl<'t, 'a> Driver<'t, 'a> {
+impl<'t> Driver<'t> {
     /// A driver over `trainer` from its current counters (0 for a new run, the checkpoint's
     /// when resuming).
-    pub fn new(trainer: &'t mut Trainer<'a>, schedule: Schedule) -> Self {
+    pub fn new(trainer: &'t mut dyn Learner, schedule: Schedule) -> Self {
         Self {
             trainer,
             schedule,
@@ -269,11 +317,11 @@ impl<'t, 'a> Driver<'t, 'a> {
         let mut last_eval: Option<Evaluation> = None;
         let mut done_here = 0;
         let mut t0 = std::time::Instant::now();
-        while trainer.counters.step < s.steps {
-            tch::manual_seed(step_seed(s.seed, trainer.counters.step));
+        while trainer.counters().step < s.steps {
+            tch::manual_seed(step_seed(s.seed, trainer.counters().step));
             let st = trainer.step(&mut AverageHook(averager));
             done_here += 1;
-            let step = trainer.counters.step;
+            let step = trainer.counters().step;
             if s.eval_every > 0 && step % s.eval_every == 0 && step < s.steps {
                 averager.swap_in();
                 let (ev, samples) = trainer.evaluate(s.eval_n, s.eval_chunk);
@@ -296,8 +344,8 @@ impl<'t, 'a> Driver<'t, 'a> {
                     grad_norm: st.grad_norm,
                     lr: st.lr,
                     seconds: seconds + t0.elapsed().as_secs_f64(),
-                    skipped_steps: trainer.counters.skipped,
-                    filtered_samples: trainer.counters.filtered,
+                    skipped_steps: trainer.counters().skipped,
+                    filtered_samples: trainer.counters().filtered,
                 })?;
             }
             let rate = done_here as f64 / t0.elapsed().as_secs_f64().max(1e-9);
@@ -305,13 +353,13 @@ impl<'t, 'a> Driver<'t, 'a> {
             if step % s.checkpoint_every == 0 || step == s.steps {
                 seconds += t0.elapsed().as_secs_f64();
                 t0 = std::time::Instant::now();
-                checkpoint.save(trainer, averager, seconds)?;
+                checkpoint.save(&*trainer, averager, seconds)?;
             }
             if stop_after.is_some_and(|n| done_here >= n) && step < s.steps {
                 seconds += t0.elapsed().as_secs_f64();
-                checkpoint.save(trainer, averager, seconds)?;
+                checkpoint.save(&*trainer, averager, seconds)?;
                 return Ok(Outcome {
-                    counters: trainer.counters.clone(),
+                    counters: trainer.counters().clone(),
                     seconds,
                     finished: false,
                 });
@@ -319,7 +367,7 @@ impl<'t, 'a> Driver<'t, 'a> {
         }
         seconds += t0.elapsed().as_secs_f64();
         Ok(Outcome {
-            counters: trainer.counters.clone(),
+            counters: trainer.counters().clone(),
             seconds,
             finished: true,
         })

@@ -25,9 +25,20 @@ pub enum MethodKind {
     /// benchmarks §5.1): N(0, σ₀²I) prior, OU kernels with the cos⁴ step scheme
     /// ([`ou_dds_alpha`]); [`RndForm::OuDds`].
     OuDds,
+    /// Controlled Monte Carlo diffusions (Vargas et al. 2024): annealed Langevin with a learned
+    /// control, one piece; built by [`crate::anneal`] (no [`Method`] value).
+    Cmcd,
+    /// Sequential controlled Langevin diffusions (Chen et al. 2025): CMCD in K pieces joined
+    /// by SMC resampling; built by [`crate::anneal`] (no [`Method`] value).
+    Scld,
 }
 
 impl MethodKind {
+    /// Whether the kind is an annealed sampler of [`crate::anneal`] rather than a [`Method`].
+    pub fn is_annealed(self) -> bool {
+        matches!(self, Self::Cmcd | Self::Scld)
+    }
+
     /// The config name (`pis`, `dis`, `dds`, `dds_exp`, `bridge`).
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +48,8 @@ impl MethodKind {
             Self::DdsExp => "dds_exp",
             Self::Bridge => "bridge",
             Self::OuDds => "ou_dds",
+            Self::Cmcd => "cmcd",
+            Self::Scld => "scld",
         }
     }
 }
@@ -57,10 +70,12 @@ impl std::str::FromStr for MethodKind {
             "dds_exp" => Self::DdsExp,
             "bridge" => Self::Bridge,
             "ou_dds" => Self::OuDds,
+            "cmcd" => Self::Cmcd,
+            "scld" => Self::Scld,
             other => {
                 bail!(
                     "unknown method `{other}`: expected one of pis, dis, dds, dds_exp, bridge, \
-                     ou_dds"
+                     ou_dds, cmcd, scld"
                 )
             }
         })
@@ -240,6 +255,10 @@ impl Method {
             MethodKind::DdsExp => Self::dds_exp(),
             MethodKind::Bridge => Self::bridge(steps),
             MethodKind::OuDds => Self::ou_dds(steps, 1.0, 6.0),
+            MethodKind::Cmcd | MethodKind::Scld => bail!(
+                "`{kind}` is an annealed sampler: build it with lv_core::anneal::Annealed, not \
+                 as a Method"
+            ),
         }
     }
 

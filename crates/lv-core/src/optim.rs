@@ -192,6 +192,18 @@ impl LrMilestones {
     }
 }
 
+/// The lr factor after `updates` successful updates of StepLR and the milestones together
+/// (their factors multiply); `None` when neither is set (the factor is then left as it is).
+pub fn schedule_factor(
+    step_lr: Option<(usize, f64)>,
+    milestones: Option<&LrMilestones>,
+    updates: usize,
+) -> Option<f64> {
+    let a = step_lr.map(|(every, gamma)| StepLr { every, gamma }.factor(updates));
+    let b = milestones.map(|m| m.factor(updates));
+    (a.is_some() || b.is_some()).then(|| a.unwrap_or(1.0) * b.unwrap_or(1.0))
+}
+
 /// The global L2 norm of the gradients, as a device scalar (no host synchronisation).
 pub fn grad_norm(params: &[Tensor]) -> Tensor {
     let sq: Vec<Tensor> = params

@@ -113,7 +113,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         settings.batch_shards = s;
     }
     let mut trainer = Trainer::new(
-        &built.method,
+        built.method()?,
         built.target.as_ref(),
         controls,
         res.loss,

@@ -1,7 +1,8 @@
 //! Building a run from a validated config: method, target, controls and their VarStore.
 
-use crate::config::Resolved;
-use anyhow::Result;
+use crate::config::{AnnealParts, Resolved};
+use anyhow::{bail, Result};
+use lv_core::anneal::{BetaKind, Betas};
 use lv_core::method::{Method, MethodKind};
 use lv_core::sim::Controls;
 use lv_core::{Control, Target};
@@ -11,10 +12,18 @@ use lv_nets::ctrl::{
 use std::rc::Rc;
 use tch::{nn::VarStore, Device};
 
+/// The sampler of a run: a diffusion method, or an annealed sampler with its β schedule
+/// (a learnt β's θ is the VarStore variable `anneal_beta_logits`, so checkpoints and the EMA
+/// carry it).
+pub enum Sampler {
+    Diffusion(Method),
+    Annealed { parts: AnnealParts, betas: Betas },
+}
+
 /// Everything a run needs, built from a [`Resolved`] config.
 pub struct Built {
     pub vs: VarStore,
-    pub method: Method,
+    pub sampler: Sampler,
     pub target: Box<dyn Target>,
     pub u: Box<dyn Control>,
     pub v: Option<Box<dyn Control>>,
@@ -23,14 +32,50 @@ pub struct Built {
     pub device: Device,
 }
 
+impl Built {
+    /// The diffusion method; an error naming the command's limit for annealed runs.
+    pub fn method(&self) -> Result<&Method> {
+        match &self.sampler {
+            Sampler::Diffusion(m) => Ok(m),
+            Sampler::Annealed { .. } => bail!(
+                "this command supports the diffusion methods only, not the annealed cmcd/scld"
+            ),
+        }
+    }
+}
+
 /// Builds method, target and controls.
 pub fn build(res: &Resolved) -> Result<Built> {
     let cfg = &res.cfg;
     let device = res.runtime.device;
     let target = lv_targets::by_name(&cfg.target)?;
-    let method = cfg.sde.method(res.method)?;
     let vs = VarStore::new(device);
     let d = target.dim() as i64;
+    if let Some(parts) = res.anneal.clone() {
+        let root = vs.root();
+        let betas = match parts.beta {
+            BetaKind::Learnt => Betas::learnt_with(root.var(
+                "anneal_beta_logits",
+                &[parts.sampler.steps as i64],
+                tch::nn::Init::Const(1.0),
+            ))?,
+            kind => Betas::new(kind, parts.sampler.steps, device)?,
+        };
+        let u: Box<dyn Control> = match res.control {
+            ControlKind::Clipped => Box::new(ClippedCtrl::new(&(&root / "u"), d, &cfg.model)?),
+            _ => Box::new(ScoreCtrl::new(&(&root / "u"), d, &cfg.model)?),
+        };
+        return Ok(Built {
+            vs,
+            sampler: Sampler::Annealed { parts, betas },
+            target,
+            u,
+            v: None,
+            potential: None,
+            device,
+        });
+    }
+    let method = cfg.sde.method(res.method)?;
     let sde = method.sde;
     let t_end = method.grid.t_end();
     let sigma = move || -> lv_nets::ctrl::SigmaFn { std::sync::Arc::new(move |t| sde.sigma(t)) };
@@ -80,11 +125,12 @@ pub fn build(res: &Resolved) -> Result<Built> {
                 None,
             ),
             MethodKind::Bridge => unreachable!("the bridge is matched above"),
+            MethodKind::Cmcd | MethodKind::Scld => unreachable!("annealed runs return above"),
         },
     };
     Ok(Built {
         vs,
-        method,
+        sampler: Sampler::Diffusion(method),
         target,
         u,
         v,

@@ -1,11 +1,11 @@
 //! The final evaluation of a run: log Z (IS, ELBO), ESS, sample metrics on the sizes their
 //! keys name, Δstd against the target's stds, mode coverage, results.json and the plots.
 
-use super::build::{controls_of, Built};
+use super::build::{controls_of, Built, Sampler};
 use super::folder::read_sample_metrics;
 use super::folder::write_atomic;
 use super::protocol::{summarise, FixedReference, Protocol};
-use super::results::RunResults;
+use super::results::{RunResults, SmcSummary};
 use crate::config::{Resolved, RunConfig};
 use anyhow::{bail, Context, Result};
 use lv_core::driver::step_seed;
@@ -48,15 +48,40 @@ pub(crate) fn evaluate_run(
     let cfg = &res.cfg;
     let seed = res.runtime.seed;
     tch::manual_seed(step_seed(seed, usize::MAX >> 1));
-    let out = lv_core::estimate::evaluate(
-        &b.method,
-        b.target.as_ref(),
-        controls_of(b),
-        cfg.eval.n,
-        cfg.eval.chunk,
-        b.device,
-    );
-    let (ev, samples) = (out.estimates, out.samples);
+    let log_z = b.target.log_z();
+    let (ev, samples, smc, grid_steps) = match &b.sampler {
+        Sampler::Diffusion(method) => {
+            let out = lv_core::estimate::evaluate(
+                method,
+                b.target.as_ref(),
+                controls_of(b),
+                cfg.eval.n,
+                cfg.eval.chunk,
+                b.device,
+            );
+            (out.estimates, out.samples, None, method.grid.steps())
+        }
+        Sampler::Annealed { parts, betas } => {
+            let tr = lv_core::anneal::AnnealedTrainer::new(
+                &parts.sampler,
+                betas,
+                b.target.as_ref(),
+                b.u.as_ref(),
+                res.loss,
+                parts.settings.clone(),
+                b.device,
+            )?;
+            let e = tr.evaluate_full(cfg.eval.n, cfg.eval.chunk);
+            let smc = e.smc.map(|s| SmcSummary {
+                log_z: s.log_z,
+                elbo: s.elbo,
+                log_z_error: log_z.map(|z| (s.log_z - z).abs()),
+                resamples: s.resamples,
+                acceptance: s.acceptance,
+            });
+            (e.model, e.samples, smc, parts.sampler.steps)
+        }
+    };
     let all = to_array(&samples)?;
     if write {
         ndarray_npy::write_npy(dir.join("samples.npy"), &all.mapv(|v| v as f32))
@@ -68,7 +93,6 @@ pub(crate) fn evaluate_run(
         .collect();
     let non_finite_samples = all.nrows() - finite.len();
     let x = all.select(ndarray::Axis(0), &finite);
-    let log_z = b.target.log_z();
     // Absolute and relative errors of an estimate (spec §4):
     // abs = |p − log Z_ref|, rel = abs / (|log Z_ref| + 1e-8).
     let abs = |p: f64| log_z.map(|z| (p - z).abs());
@@ -80,7 +104,7 @@ pub(crate) fn evaluate_run(
         seed: cfg.seed,
         steps: counters.step,
         batch: cfg.train.batch,
-        grid_steps: b.method.grid.steps(),
+        grid_steps,
         log_z_is: ev.log_z_is,
         log_z_elbo: ev.log_z_elbo,
         log_z_lb_ito: ev.log_z_lb_ito,
@@ -107,6 +131,7 @@ pub(crate) fn evaluate_run(
         stddev_reference: None,
         mode_coverage: None,
         periodic: None,
+        smc,
     };
     if x.nrows() >= 2 {
         match cfg.eval.protocol {

@@ -4,9 +4,10 @@
 use super::protocol::{FixedReference, SampleMetricsRecord};
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
+use lv_core::driver::Learner;
 use lv_core::driver::{Averager, Checkpoint, EvalRecord, Observer, StepRecord};
 use lv_core::estimate::Evaluation;
-use lv_core::train::{Counters, StepStats, Trainer};
+use lv_core::train::{Counters, StepStats};
 use lv_nets::checkpoint::{load_tensors, save_tensors_atomic};
 use lv_nets::ema::Ema;
 use serde::{Deserialize, Serialize};
@@ -83,7 +84,7 @@ pub(crate) struct FolderCheckpoint<'b> {
 }
 
 impl Checkpoint for FolderCheckpoint<'_> {
-    fn save(&mut self, trainer: &Trainer<'_>, averager: &dyn Averager, seconds: f64) -> Result<()> {
+    fn save(&mut self, trainer: &dyn Learner, averager: &dyn Averager, seconds: f64) -> Result<()> {
         save_checkpoint(
             self.vs,
             trainer,
@@ -97,7 +98,7 @@ impl Checkpoint for FolderCheckpoint<'_> {
 
 pub(crate) fn save_checkpoint(
     vs: &VarStore,
-    trainer: &Trainer<'_>,
+    trainer: &dyn Learner,
     averager: &dyn Averager,
     ckpt: &Path,
     meta_path: &Path,
@@ -110,16 +111,13 @@ pub(crate) fn save_checkpoint(
         .collect();
     let (shadow, ema_calls) = averager.state();
     named.extend(shadow.into_iter().map(|(k, t)| (format!("ema.{k}"), t)));
-    named.extend(trainer.adam.state());
-    if let Some(c) = &trainer.log_z {
-        named.push(("log_z".into(), c.shallow_clone()));
-    }
+    named.extend(trainer.state());
     named.push((
         "meta.step".into(),
-        Tensor::from(trainer.counters.step as i64),
+        Tensor::from(trainer.counters().step as i64),
     ));
     let meta = CheckpointMeta {
-        counters: trainer.counters.clone(),
+        counters: trainer.counters().clone(),
         ema_calls,
         seconds,
     };
@@ -197,7 +195,7 @@ pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
 
 pub(crate) fn restore(
     vs: &VarStore,
-    trainer: &mut Trainer<'_>,
+    trainer: &mut dyn Learner,
     ema: &mut Ema,
     tensors: &[(String, Tensor)],
     meta: &CheckpointMeta,
@@ -225,16 +223,8 @@ pub(crate) fn restore(
     lv_nets::checkpoint::load_into_var_store(vs, &strip("model."))?;
     ema.load_shadow(&strip("ema."))?;
     ema.set_calls(meta.ema_calls);
-    trainer.adam.load_state(tensors)?;
-    if let Some(c) = &trainer.log_z {
-        let src = tensors
-            .iter()
-            .find(|(k, _)| k == "log_z")
-            .context("checkpoint has no log_z")?;
-        tch::no_grad(|| c.shallow_clone().copy_(&src.1));
-    }
-    // Re-apply the clip schedule reached so far (counters are restored by the caller first).
-    Ok(())
+    // The optimiser state, the counters and what depends on them (the clip schedule).
+    trainer.restore(tensors, meta.counters.clone())
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, then rename).

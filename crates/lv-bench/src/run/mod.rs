@@ -26,7 +26,7 @@ mod protocol;
 mod results;
 
 pub(crate) use build::controls_of;
-pub use build::{build, Built};
+pub use build::{build, Built, Sampler};
 pub(crate) use evaluate::evaluate_run;
 pub use evaluate::{
     reference_samples, reference_stds, sample_metrics, to_array, StdReference,
@@ -45,7 +45,8 @@ pub use results::{Metric, RunResults};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lv_core::driver::{Driver, Schedule};
+use lv_core::anneal::AnnealedTrainer;
+use lv_core::driver::{Driver, Learner, Schedule};
 use lv_core::train::Trainer;
 use lv_nets::ema::Ema;
 use std::path::{Path, PathBuf};
@@ -163,23 +164,39 @@ fn train_built(
     quiet: bool,
 ) -> Result<()> {
     let cfg = &res.cfg;
-    let controls = controls_of(b);
-    let settings_subtraj = cfg.train.subtraj.is_some();
-    let mut settings = cfg.train.clone();
-    // The batch of lv_traj is B·K; the trainer draws B = batch / K initial points.
-    settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
-    let trainer = Trainer::new(
-        &b.method,
-        b.target.as_ref(),
-        controls,
-        res.loss,
-        settings,
-        b.device,
-        None,
-    );
-    let mut trainer = match &b.potential {
-        Some(p) if settings_subtraj => trainer.with_potential(p.as_ref())?,
-        _ => trainer,
+    let mut diffusion;
+    let mut annealed;
+    let trainer: &mut dyn Learner = match &b.sampler {
+        Sampler::Diffusion(method) => {
+            let mut settings = cfg.train.clone();
+            settings.max_rnd = settings.max_rnd.filter(|_| res.loss.detached());
+            let t = Trainer::new(
+                method,
+                b.target.as_ref(),
+                controls_of(b),
+                res.loss,
+                settings,
+                b.device,
+                None,
+            );
+            diffusion = match &b.potential {
+                Some(p) if cfg.train.subtraj.is_some() => t.with_potential(p.as_ref())?,
+                _ => t,
+            };
+            &mut diffusion
+        }
+        Sampler::Annealed { parts, betas } => {
+            annealed = AnnealedTrainer::new(
+                &parts.sampler,
+                betas,
+                b.target.as_ref(),
+                b.u.as_ref(),
+                res.loss,
+                parts.settings.clone(),
+                b.device,
+            )?;
+            &mut annealed
+        }
     };
     let mut ema = Ema::from_var_store(&b.vs, &cfg.ema, cfg.train.steps as u64)?;
     let mut seconds = 0.0;
@@ -187,19 +204,17 @@ fn train_built(
     let meta_path = dir.join("checkpoint.json");
     if resume {
         let (tensors, meta) = read_checkpoint(dir)?;
-        restore(&b.vs, &mut trainer, &mut ema, &tensors, &meta)?;
+        restore(&b.vs, trainer, &mut ema, &tensors, &meta)?;
         // Re-sync the readable copy (stale if the kill fell between the two renames) and
         // forget the training curve past the checkpoint.
         write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
         truncate_metrics(&dir.join("metrics.jsonl"), meta.counters.step)?;
         truncate_metrics(&dir.join(SAMPLE_METRICS), meta.counters.step)?;
-        trainer.counters = meta.counters.clone();
-        trainer.apply_clip_schedule();
         seconds = meta.seconds;
         eprintln!(
             "resuming {} at step {}",
             dir.display(),
-            trainer.counters.step
+            trainer.counters().step
         );
     } else {
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
@@ -223,7 +238,7 @@ fn train_built(
         )
         .expect("valid template"),
     );
-    bar.set_position(trainer.counters.step as u64);
+    bar.set_position(trainer.counters().step as u64);
     let metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -257,7 +272,7 @@ fn train_built(
         log_every: cfg.log_every,
         checkpoint_every: cfg.checkpoint_every,
     };
-    let outcome = Driver::new(&mut trainer, schedule)
+    let outcome = Driver::new(trainer, schedule)
         .resumed_seconds(seconds)
         .stop_after(stop_after)
         .run(&mut ema, &mut sink, &mut store)?;
@@ -267,7 +282,6 @@ fn train_built(
     }
     bar.finish();
     drop(sink);
-    drop(trainer);
     ema.swap_in();
     let results = evaluate_run(res, b, dir, outcome.seconds, &outcome.counters, true)?;
     ema.swap_out();
@@ -383,17 +397,34 @@ pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
     let mut done = 0;
     while done < args.n {
         let m = (args.n - done).min(res.cfg.eval.chunk) as i64;
-        let x0 = built.method.prior.sample(m, d, built.device);
-        let out = tch::no_grad(|| {
-            lv_core::sim::simulate(
-                &built.method,
-                built.target.as_ref(),
-                controls_of(&built),
-                &x0,
-                lv_core::sim::SimOptions::new(lv_core::sim::Mode::EvalNoIto),
-            )
-        });
-        parts.push(out.x_final.to_device(Device::Cpu));
+        let x = match &built.sampler {
+            Sampler::Diffusion(method) => {
+                let x0 = method.prior.sample(m, d, built.device);
+                let out = tch::no_grad(|| {
+                    lv_core::sim::simulate(
+                        method,
+                        built.target.as_ref(),
+                        controls_of(&built),
+                        &x0,
+                        lv_core::sim::SimOptions::new(lv_core::sim::Mode::EvalNoIto),
+                    )
+                });
+                out.x_final
+            }
+            Sampler::Annealed { parts: a, betas } => {
+                let tr = AnnealedTrainer::new(
+                    &a.sampler,
+                    betas,
+                    built.target.as_ref(),
+                    built.u.as_ref(),
+                    res.loss,
+                    a.settings.clone(),
+                    built.device,
+                )?;
+                tr.evaluate_plain(m as usize, m as usize).1
+            }
+        };
+        parts.push(x.to_device(Device::Cpu));
         done += m as usize;
     }
     let x = to_array(&Tensor::cat(&parts, 0))?;

@@ -80,6 +80,27 @@ pub struct RunResults {
     /// noise floor (the top-level metrics are then the last evaluation's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub periodic: Option<PeriodicMetrics>,
+    /// Annealed runs with resampling or MCMC: the SMC rollout's estimates (the top-level
+    /// log Z, ESS and samples are the plain importance-sampling rollout's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smc: Option<SmcSummary>,
+}
+
+/// The SMC evaluation of an annealed run (lv_core::anneal::smc).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SmcSummary {
+    /// log Ẑ_SMC = Σ_j lnZ_j.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub log_z: f64,
+    /// Σ_j ELBO_j.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub elbo: f64,
+    /// |log Ẑ_SMC − log Z| where log Z is known.
+    pub log_z_error: Option<f64>,
+    /// Resampling events over the K pieces.
+    pub resamples: usize,
+    /// Mean MCMC acceptance rate, with MCMC.
+    pub acceptance: Option<f64>,
 }
 
 impl RunResults {

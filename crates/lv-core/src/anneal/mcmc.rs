@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 /// The kernel of a refresh move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum McmcKind {
     /// Unadjusted Langevin x' = x + ε∇log γ(x) + √(2ε)ξ (biased: leaves γ invariant only
     /// as ε → 0, so SMC log Z is no longer exactly unbiased).

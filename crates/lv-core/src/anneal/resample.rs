@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 /// A resampling scheme.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scheme {
     /// One uniform U ~ U[0, 1): ancestor of particle i is the first j with
     /// n·C_j > i + U (C the cumulative normalised weights). Particle j gets ⌊n w_j⌋ or

@@ -30,7 +30,8 @@ use anyhow::{bail, Result};
 use tch::Tensor;
 
 /// Which annealing level the backward kernel's drift uses at x_{k+1} (module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BackwardLevel {
     /// g_k(x_{k+1}) and a separate network call with that input (SCLD's code).
     Same,

@@ -8,7 +8,8 @@ use tch::{Device, Kind, Tensor};
 pub const COSINE_OFFSET: f64 = 0.008;
 
 /// How β_k runs from β_0 = 0 (the prior) to β_N = 1 (the target).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BetaKind {
     /// β_k = k/N.
     Linear,
@@ -64,6 +65,21 @@ impl Betas {
             kind,
             steps,
             logits,
+        })
+    }
+
+    /// A learnt schedule whose θ is `logits` (`[N]`, float32, requires grad; initialise to
+    /// 1 for β_k = k/N), e.g. a variable of the model's VarStore so that checkpoints and the
+    /// EMA carry it.
+    pub fn learnt_with(logits: Tensor) -> Result<Self> {
+        let size = logits.size();
+        if size.len() != 1 || size[0] == 0 {
+            bail!("learnt β logits must be a non-empty vector (got shape {size:?})");
+        }
+        Ok(Self {
+            kind: BetaKind::Learnt,
+            steps: size[0] as usize,
+            logits: Some(logits),
         })
     }
 

@@ -275,7 +275,7 @@ fn lv_training_reduces_the_piece_variance_and_reaches_the_betas() {
     let before = probe(&tr);
     tch::manual_seed(8);
     for _ in 0..150 {
-        let st = tr.step();
+        let st = tr.step(&mut ());
         assert!(!st.skipped);
     }
     let after = probe(&tr);
@@ -287,7 +287,7 @@ fn lv_training_reduces_the_piece_variance_and_reaches_the_betas() {
             .any(|(k, v)| (v - k as f64 / 16.0).abs() > 1e-4),
         "the learnt β did not move: {b:?}"
     );
-    let ev = tr.evaluate(2000, 1000);
+    let ev = tr.evaluate_full(2000, 1000);
     assert!(
         (ev.model.log_z_is - CASE.log_z).abs() < 0.1,
         "{:?}",
@@ -314,14 +314,14 @@ fn kl_training_runs_pathwise_and_the_trainer_rejects_bad_combinations() {
     };
     let mk =
         |s, loss, st| AnnealedTrainer::new(s, &betas, &target, &control, loss, st, Device::Cpu);
-    let mut tr = mk(&s1, LossKind::Kl, settings).unwrap();
-    let st = tr.step();
+    let mut tr = mk(&s1, LossKind::Kl, settings.clone()).unwrap();
+    let st = tr.step(&mut ());
     assert!(st.loss.is_finite() && st.grad_norm > 0.0, "{st:?}");
-    assert!(mk(&s2, LossKind::Kl, settings).is_err());
-    assert!(mk(&s1, LossKind::Moment, settings).is_err());
+    assert!(mk(&s2, LossKind::Kl, settings.clone()).is_err());
+    assert!(mk(&s1, LossKind::Moment, settings.clone()).is_err());
     let bad = AnnealedSettings {
         batch: 1,
-        ..settings
+        ..settings.clone()
     };
     assert!(mk(&s1, LossKind::Lv, bad).is_err());
     let betas16 = Betas::new(BetaKind::Linear, 16, Device::Cpu).unwrap();

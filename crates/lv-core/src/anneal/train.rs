@@ -20,20 +20,27 @@ use super::schedule::Betas;
 use super::smc::{rollout, SmcOptions};
 use super::{Mcmc, Resampling};
 use crate::control::Control;
+use crate::driver::Learner;
 use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
-use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup};
+use crate::optim::{clip_grad_norm, grad_norm, schedule_factor, Adam, LrMilestones, ParamGroup};
 use crate::target::Target;
-use crate::train::{Counters, StepStats};
+use crate::train::{Counters, Hooks, StepStats};
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Settings of annealed training.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AnnealedSettings {
     pub batch: usize,
     /// Learning rate of the control.
     pub lr: f64,
+    /// Coupled L2 weight decay of Adam.
+    pub weight_decay: f64,
+    /// StepLR (every, γ) and milestones, as [`crate::train::TrainSettings`]; both scale the
+    /// learning rates of the control and of β.
+    pub lr_schedule: Option<(usize, f64)>,
+    pub lr_milestones: Option<LrMilestones>,
     /// Learning rate of a learnt β schedule.
     pub beta_lr: f64,
     /// Elementwise gradient clamp to [−c, c] (CMCD/SCLD: 1), or none.
@@ -57,6 +64,9 @@ impl Default for AnnealedSettings {
         Self {
             batch: 2000,
             lr: 1e-3,
+            weight_decay: 0.0,
+            lr_schedule: None,
+            lr_milestones: None,
             beta_lr: 1e-2,
             grad_clamp: Some(1.0),
             grad_clip: None,
@@ -171,8 +181,8 @@ impl<'a> AnnealedTrainer<'a> {
             target,
             control,
             loss,
+            adam: Adam::new(groups, settings.weight_decay),
             settings,
-            adam: Adam::new(groups, 0.0),
             counters: Counters::default(),
             device,
             params,
@@ -231,8 +241,8 @@ impl<'a> AnnealedTrainer<'a> {
         (total, kept)
     }
 
-    /// One training step (module doc).
-    pub fn step(&mut self) -> StepStats {
+    /// One training step (module doc); `hooks.after_update` runs after a successful update.
+    pub fn step(&mut self, hooks: &mut dyn Hooks) -> StepStats {
         self.adam.zero_grad();
         let n = self.settings.batch;
         let x0 = self.prior_draw(n);
@@ -264,6 +274,15 @@ impl<'a> AnnealedTrainer<'a> {
             }
             self.adam.step();
             self.counters.successful += 1;
+            let s = &self.settings;
+            if let Some(f) = schedule_factor(
+                s.lr_schedule,
+                s.lr_milestones.as_ref(),
+                self.counters.successful,
+            ) {
+                self.adam.lr_factor = f;
+            }
+            hooks.after_update(&self.counters);
         } else {
             self.counters.skipped += 1;
         }
@@ -274,29 +293,15 @@ impl<'a> AnnealedTrainer<'a> {
             skipped,
             kept,
             grad_norm: gn,
-            lr: self.settings.lr,
+            lr: self.settings.lr * self.adam.lr_factor,
         }
     }
 
     /// Evaluates on `n` particles: the plain rollout in chunks of `chunk`, and one SMC
     /// rollout of all n when resampling or MCMC is configured.
-    pub fn evaluate(&self, n: usize, chunk: usize) -> AnnealedEval {
-        let start = std::time::Instant::now();
+    pub fn evaluate_full(&self, n: usize, chunk: usize) -> AnnealedEval {
+        let (model, samples) = self.evaluate_plain(n, chunk);
         let path = tch::no_grad(|| self.path());
-        let plain = SmcOptions::plain(Grad::None);
-        let mut neg_r = Vec::with_capacity(n);
-        let mut samples = Vec::new();
-        let mut done = 0;
-        while done < n {
-            let m = chunk.max(1).min(n - done);
-            let x0 = self.prior_draw(m);
-            let ro = rollout(self.sampler, &path, self.target, self.control, &x0, &plain);
-            neg_r.extend(ro.total.expect("no resampling in the plain rollout"));
-            samples.push(ro.x);
-            done += m;
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let model = Evaluation::from_log_weights(&neg_r, &neg_r, secs);
         let smc = (self.settings.resampling.is_some() || self.settings.mcmc.is_some()).then(|| {
             let opts = SmcOptions {
                 resampling: self.settings.resampling,
@@ -315,8 +320,53 @@ impl<'a> AnnealedTrainer<'a> {
         });
         AnnealedEval {
             model,
-            samples: Tensor::cat(&samples, 0),
+            samples,
             smc,
         }
+    }
+
+    /// The plain rollout (importance sampling) on `n` particles in chunks of `chunk`: the
+    /// estimates with −R = Σ_j Δ_j for both passes (discrete time has no Itô term to drop),
+    /// and the final particles.
+    pub fn evaluate_plain(&self, n: usize, chunk: usize) -> (Evaluation, Tensor) {
+        let start = std::time::Instant::now();
+        let path = tch::no_grad(|| self.path());
+        let plain = SmcOptions::plain(Grad::None);
+        let mut neg_r = Vec::with_capacity(n);
+        let mut samples = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let m = chunk.max(1).min(n - done);
+            let x0 = self.prior_draw(m);
+            let ro = rollout(self.sampler, &path, self.target, self.control, &x0, &plain);
+            neg_r.extend(ro.total.expect("no resampling in the plain rollout"));
+            samples.push(ro.x);
+            done += m;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let model = Evaluation::from_log_weights(&neg_r, &neg_r, secs);
+        (model, Tensor::cat(&samples, 0).to_device(Device::Cpu))
+    }
+}
+
+impl Learner for AnnealedTrainer<'_> {
+    fn step(&mut self, hooks: &mut dyn Hooks) -> StepStats {
+        AnnealedTrainer::step(self, hooks)
+    }
+    /// The plain rollout's estimates and samples (no SMC run during training).
+    fn evaluate(&self, n: usize, chunk: usize) -> (Evaluation, Tensor) {
+        let ev = self.evaluate_plain(n, chunk);
+        (ev.0, ev.1)
+    }
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.adam.state()
+    }
+    fn restore(&mut self, named: &[(String, Tensor)], counters: Counters) -> Result<()> {
+        self.adam.load_state(named)?;
+        self.counters = counters;
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use crate::control::Control;
 use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
 use crate::method::Method;
-use crate::optim::{clip_grad_norm, grad_norm, Adam, ParamGroup, StepLr};
+use crate::optim::{clip_grad_norm, grad_norm, schedule_factor, Adam, ParamGroup};
 use crate::sim::{Controls, DivMode, SimOptions};
 use crate::target::Target;
 use serde::{Deserialize, Serialize};
@@ -393,13 +393,13 @@ impl<'a> Trainer<'a> {
             }
             self.adam.step();
             self.counters.successful += 1;
-            let n = self.counters.successful;
-            // The two schedules' factors multiply; with neither the factor is left as it is.
-            let step_lr =
-                (self.settings.lr_schedule).map(|(every, gamma)| StepLr { every, gamma }.factor(n));
-            let milestones = self.settings.lr_milestones.as_ref().map(|m| m.factor(n));
-            if step_lr.is_some() || milestones.is_some() {
-                self.adam.lr_factor = step_lr.unwrap_or(1.0) * milestones.unwrap_or(1.0);
+            let s = &self.settings;
+            if let Some(f) = schedule_factor(
+                s.lr_schedule,
+                s.lr_milestones.as_ref(),
+                self.counters.successful,
+            ) {
+                self.adam.lr_factor = f;
             }
             self.apply_clip_schedule();
             hooks.after_update(&self.counters);

@@ -12,13 +12,17 @@ use lv_nets::DeviceChoice;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+mod anneal;
+
+pub use anneal::{AnnealConfig, AnnealParts, DiffusionKind, McmcSetting, ResampleSetting};
+
 /// A training run: a full config file, or a row of a preset resolved by [`crate::preset`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Registry name of the target (`lv targets`).
     pub target: String,
-    /// `pis`, `dis`, `dds`, `dds_exp`, `bridge`.
+    /// `pis`, `dis`, `dds`, `dds_exp`, `bridge`, `ou_dds`, or the annealed `cmcd`, `scld`.
     pub method: MethodKind,
     /// `kl`, `kl_ito`, `lv`, `lv_traj`, `moment` (or `tb`).
     pub loss: LossName,
@@ -43,6 +47,9 @@ pub struct RunConfig {
     pub dim: Option<usize>,
     #[serde(default)]
     pub sde: SdeConfig,
+    /// The annealed samplers' settings (`cmcd`, `scld` only; absent = the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anneal: Option<AnnealConfig>,
     #[serde(default)]
     pub train: TrainSettings,
     #[serde(default)]
@@ -230,6 +237,8 @@ pub struct Resolved {
     pub loss: LossKind,
     /// The control parametrisation (`control`, absent = [`ControlKind::Default`]).
     pub control: ControlKind,
+    /// The annealed sampler of `cmcd` / `scld` runs.
+    pub anneal: Option<AnnealParts>,
     /// Device, threads and seed.
     pub runtime: Runtime,
 }
@@ -283,7 +292,53 @@ impl RunConfig {
                 self.eval.n_metrics
             );
         }
-        self.sde.method(self.method)?;
+        let anneal = if method.is_annealed() {
+            let parts = self.anneal.clone().unwrap_or_default().resolve(
+                method,
+                self.sde.steps,
+                &self.train,
+            )?;
+            if !matches!(
+                loss,
+                LossKind::Kl | LossKind::Lv | LossKind::LvBiased | LossKind::VarGrad
+            ) {
+                bail!(
+                    "key `loss`: `{}` is not available for `{method}`: expected kl, lv, \
+                     lv_biased, vargrad",
+                    loss.name()
+                );
+            }
+            if loss == LossKind::Kl && method != MethodKind::Cmcd {
+                bail!(
+                    "key `loss`: kl is wired for cmcd (one piece, no resampling), not `{method}`"
+                );
+            }
+            if target.zero_com().is_some() {
+                bail!(
+                    "key `method`: target `{}` keeps states in the zero-centre-of-mass subspace, \
+                     which `{method}` does not support",
+                    self.target
+                );
+            }
+            for (key, set) in [
+                ("sde.prior_std", self.sde.prior_std.is_some()),
+                ("sde.noise_scale", self.sde.noise_scale.is_some()),
+                ("sde.sigma", self.sde.sigma.is_some()),
+                ("sde.t_end", self.sde.t_end.is_some()),
+                ("train.subtraj", self.train.subtraj.is_some()),
+            ] {
+                if set {
+                    bail!("key `{key}` does not apply to `{method}` (see `[anneal]`)");
+                }
+            }
+            Some(parts)
+        } else {
+            if self.anneal.is_some() {
+                bail!("key `anneal` applies to the annealed methods cmcd and scld only (method is `{method}`)");
+            }
+            self.sde.method(self.method)?;
+            None
+        };
         count("lv_traj_k", self.lv_traj_k, 1, MAX_COUNT)?;
         count("threads", self.threads, 0, MAX_THREADS)?;
         count("checkpoint_every", self.checkpoint_every, 1, MAX_COUNT)?;
@@ -366,6 +421,7 @@ impl RunConfig {
             method,
             loss,
             control,
+            anneal,
             runtime,
         })
     }
