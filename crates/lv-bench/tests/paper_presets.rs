@@ -16,7 +16,13 @@ fn preset(name: &str) -> Preset {
 fn every_table_row_resolves_at_every_preset() {
     for name in ["quick", "cpu", "paper"] {
         let p = preset(name);
-        for table in ["paper", "paper_ext", "benchmarks"] {
+        for table in [
+            "paper",
+            "paper_ext",
+            "benchmarks",
+            "annealed",
+            "annealed_benchmarks",
+        ] {
             let spec = lv_bench::tables::load_table(table).unwrap();
             for r in &spec.rows {
                 let row = format!("{}-{}-{}", r.method, r.loss, r.target);

@@ -11,6 +11,10 @@
 //! - [`estimate`]: log Z (IS, ELBO), ESS.
 //! - [`par`]: row-parallel host loops in libtorch's OpenMP thread team.
 //! - [`optim`], [`train`]: Adam (coupled L2), StepLR, clipping, the training loop.
+//! - [`anneal`]: the annealed samplers CMCD and SCLD (geometric path, CMCD kernels, SMC
+//!   resampling and MCMC refresh, per-piece LV), with their own trainer.
+//! - [`driver`]: the loop of a run over any [`driver::Learner`] (EMA, evaluations,
+//!   checkpoints).
 
 pub mod anneal;
 pub mod check;
