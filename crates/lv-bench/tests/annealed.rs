@@ -160,6 +160,7 @@ fn bad_annealed_configurations_fail_before_training() {
         (vec!["anneal.mcmc_step_size=-1.0"], "step size"),
         (vec!["anneal.beta=\"wiggly\""], "anneal.beta"),
         (vec!["sde.sigma=1.0"], "sde.sigma"),
+        (vec!["train.batch_shards=2"], "train.batch_shards"),
     ] {
         let args: Vec<String> = sets
             .iter()

@@ -326,6 +326,8 @@ impl RunConfig {
                 ("sde.sigma", self.sde.sigma.is_some()),
                 ("sde.t_end", self.sde.t_end.is_some()),
                 ("train.subtraj", self.train.subtraj.is_some()),
+                // Batch sharding is wired for the diffusion trainer only.
+                ("train.batch_shards", self.train.batch_shards > 1),
             ] {
                 if set {
                     bail!("key `{key}` does not apply to `{method}` (see `[anneal]`)");
