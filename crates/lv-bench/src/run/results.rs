@@ -123,6 +123,7 @@ impl RunResults {
             Metric::LogZElbo => Some(self.log_z_elbo),
             Metric::LogZErrorIs => self.log_z_error_is,
             Metric::LogZErrorElbo => self.log_z_error_elbo,
+            Metric::SmcLogZError => self.smc.as_ref().and_then(|s| s.log_z_error),
             Metric::LogZErrorLbIto => self.log_z_error_lb_ito,
             Metric::RelErrorIs => self.rel_error_is,
             Metric::RelErrorElbo => self.rel_error_elbo,
@@ -180,6 +181,8 @@ pub enum Metric {
     SinkhornDivFloor,
     MmdMedianFloor,
     W2GeometricFloor,
+    /// |log Ẑ_SMC − log Z| of an annealed run's SMC rollout (`smc.log_z_error`).
+    SmcLogZError,
     Seconds,
     SkippedSteps,
 }
