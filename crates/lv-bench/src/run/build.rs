@@ -145,3 +145,21 @@ pub(crate) fn controls_of(b: &Built) -> Controls<'_> {
         None => Controls::new(b.u.as_ref()),
     }
 }
+
+/// The trainer of an annealed run (training, and the rollouts of `lv eval` and `lv sample`).
+pub(crate) fn annealed_trainer<'a>(
+    b: &'a Built,
+    parts: &'a AnnealParts,
+    betas: &'a Betas,
+    loss: lv_core::loss::LossKind,
+) -> Result<lv_core::anneal::AnnealedTrainer<'a>> {
+    lv_core::anneal::AnnealedTrainer::new(
+        &parts.sampler,
+        betas,
+        b.target.as_ref(),
+        b.u.as_ref(),
+        loss,
+        parts.settings.clone(),
+        b.device,
+    )
+}

@@ -1,7 +1,7 @@
 //! The final evaluation of a run: log Z (IS, ELBO), ESS, sample metrics on the sizes their
 //! keys name, Δstd against the target's stds, mode coverage, results.json and the plots.
 
-use super::build::{controls_of, Built, Sampler};
+use super::build::{annealed_trainer, controls_of, Built, Sampler};
 use super::folder::read_sample_metrics;
 use super::folder::write_atomic;
 use super::protocol::{summarise, FixedReference, Protocol};
@@ -62,15 +62,7 @@ pub(crate) fn evaluate_run(
             (out.estimates, out.samples, None, method.grid.steps())
         }
         Sampler::Annealed { parts, betas } => {
-            let tr = lv_core::anneal::AnnealedTrainer::new(
-                &parts.sampler,
-                betas,
-                b.target.as_ref(),
-                b.u.as_ref(),
-                res.loss,
-                parts.settings.clone(),
-                b.device,
-            )?;
+            let tr = annealed_trainer(b, parts, betas, res.loss)?;
             let e = tr.evaluate_full(cfg.eval.n, cfg.eval.chunk);
             let smc = e.smc.map(|s| SmcSummary {
                 log_z: s.log_z,

@@ -45,7 +45,6 @@ pub use results::{Metric, RunResults};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lv_core::anneal::AnnealedTrainer;
 use lv_core::driver::{Driver, Learner, Schedule};
 use lv_core::train::Trainer;
 use lv_nets::ema::Ema;
@@ -186,15 +185,7 @@ fn train_built(
             &mut diffusion
         }
         Sampler::Annealed { parts, betas } => {
-            annealed = AnnealedTrainer::new(
-                &parts.sampler,
-                betas,
-                b.target.as_ref(),
-                b.u.as_ref(),
-                res.loss,
-                parts.settings.clone(),
-                b.device,
-            )?;
+            annealed = build::annealed_trainer(b, parts, betas, res.loss)?;
             &mut annealed
         }
     };
@@ -412,15 +403,7 @@ pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
                 out.x_final
             }
             Sampler::Annealed { parts: a, betas } => {
-                let tr = AnnealedTrainer::new(
-                    &a.sampler,
-                    betas,
-                    built.target.as_ref(),
-                    built.u.as_ref(),
-                    res.loss,
-                    a.settings.clone(),
-                    built.device,
-                )?;
+                let tr = build::annealed_trainer(&built, a, betas, res.loss)?;
                 tr.evaluate_plain(m as usize, m as usize).1
             }
         };
