@@ -75,6 +75,19 @@ pub fn ensure(repo: &Path) -> Result<Libtorch> {
     })
 }
 
+/// The per-user venv holding `torch==2.13.0` (installed when missing), which the Python
+/// packages are built and tested in: the `lv` package links the libtorch of the torch
+/// installed beside it.
+pub fn venv() -> Result<PathBuf> {
+    let venv = cache_dir()?
+        .join(format!("torch-{TORCH_VERSION}"))
+        .join("venv");
+    if installed_torch(&venv).is_none() {
+        install(&venv)?;
+    }
+    Ok(venv)
+}
+
 /// `LIBTORCH` from the environment, unless it is this repo's own `.libtorch` (which cargo's
 /// `[env]` sets for every `cargo run`, including `cargo xtask`).
 fn user_libtorch(repo: &Path) -> Option<PathBuf> {

@@ -5,6 +5,7 @@
 mod bench;
 mod fuzz;
 mod libtorch;
+mod python;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -24,7 +25,8 @@ enum Cmd {
     Setup,
     /// Print the libtorch found by setup and what the `lv` binary sees at run time.
     Doctor,
-    /// Set up what is missing, build, and run the whole test suite.
+    /// Set up what is missing, build, and run the whole test suite: `cargo test --workspace`,
+    /// then the Python packages' pytest suites against freshly built wheels.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -36,6 +38,8 @@ enum Cmd {
     /// Run each cargo-fuzz target of `fuzz/` for a bounded time (stable toolchain via
     /// RUSTC_BOOTSTRAP=1, no sanitizer) and report executions and findings.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the Python wheels (`lv_metrics`) with maturin into target/wheels.
+    Wheel(python::WheelArgs),
     /// Reproduce the benchmark tables (see the README).
     ReproduceTable {
         /// Extra arguments passed to `lv reproduce` (for example `--preset quick`).
@@ -76,7 +80,9 @@ fn run() -> Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             cargo(&root, &a)?;
+            python::test(&root)?;
         }
+        Cmd::Wheel(args) => python::wheel(&root, &args)?,
         Cmd::Bench(args) => {
             libtorch::ensure(&root)?;
             bench::run(&root, &args)?;
