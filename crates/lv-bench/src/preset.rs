@@ -50,7 +50,13 @@ impl Preset {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading preset {}", path.display()))?;
-        let mut table = parse_toml(&text).with_context(|| format!("preset {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// A preset from its text; `origin` names it in errors (the file, or a shipped preset).
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        let path = origin;
+        let mut table = parse_toml(text).with_context(|| format!("preset {}", path.display()))?;
         for key in table.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 bail!(
@@ -153,6 +159,27 @@ fn merge(into: &mut toml::Table, layer: &toml::Table) {
             _ => {
                 into.insert(k.clone(), v.clone());
             }
+        }
+    }
+}
+
+/// The presets compiled into this library (`configs/<name>.toml` of the workspace at build
+/// time), for users without a checkout: the Python package's `"quick/pis-lv-gmm9"`.
+const SHIPPED: [(&str, &str); 3] = [
+    ("quick", include_str!("../../../configs/quick.toml")),
+    ("cpu", include_str!("../../../configs/cpu.toml")),
+    ("paper", include_str!("../../../configs/paper.toml")),
+];
+
+impl Preset {
+    /// The shipped preset `name` (`quick`, `cpu`, `paper`).
+    pub fn shipped(name: &str) -> Result<Self> {
+        match SHIPPED.iter().find(|(n, _)| *n == name) {
+            Some((n, text)) => Self::parse(text, Path::new(&format!("configs/{n}.toml"))),
+            None => bail!(
+                "unknown preset `{name}`; shipped presets: {}",
+                SHIPPED.map(|(n, _)| n).join(", ")
+            ),
         }
     }
 }

@@ -256,7 +256,7 @@ pub struct Outcome {
     pub counters: Counters,
     /// Training seconds over all invocations (the resumed `seconds` included).
     pub seconds: f64,
-    /// Whether all `steps` were done (false: stopped by `stop_after`).
+    /// Whether all `steps` were done (false: stopped by `stop_after` or `interrupt`).
     pub finished: bool,
 }
 
@@ -266,6 +266,7 @@ pub struct Driver<'t> {
     schedule: Schedule,
     seconds: f64,
     stop_after: Option<usize>,
+    interrupt: Option<&'t dyn Fn() -> bool>,
 }
 
 struct AverageHook<'x>(&'x mut dyn Averager);
@@ -285,6 +286,7 @@ impl<'t> Driver<'t> {
             schedule,
             seconds: 0.0,
             stop_after: None,
+            interrupt: None,
         }
     }
 
@@ -297,6 +299,13 @@ impl<'t> Driver<'t> {
     /// Stop (with a checkpoint) after this many steps of this invocation.
     pub fn stop_after(mut self, steps: Option<usize>) -> Self {
         self.stop_after = steps;
+        self
+    }
+
+    /// Asked after every step: `true` stops the run there, with a checkpoint, as
+    /// [`Driver::stop_after`] does (Ctrl-C from Python, an error raised by a user's callback).
+    pub fn interrupt(mut self, stop: Option<&'t dyn Fn() -> bool>) -> Self {
+        self.interrupt = stop;
         self
     }
 
@@ -313,6 +322,7 @@ impl<'t> Driver<'t> {
             schedule: s,
             mut seconds,
             stop_after,
+            interrupt,
         } = self;
         let mut last_eval: Option<Evaluation> = None;
         let mut done_here = 0;
@@ -355,7 +365,8 @@ impl<'t> Driver<'t> {
                 t0 = std::time::Instant::now();
                 checkpoint.save(&*trainer, averager, seconds)?;
             }
-            if stop_after.is_some_and(|n| done_here >= n) && step < s.steps {
+            let stop = stop_after.is_some_and(|n| done_here >= n) || interrupt.is_some_and(|f| f());
+            if stop && step < s.steps {
                 seconds += t0.elapsed().as_secs_f64();
                 checkpoint.save(&*trainer, averager, seconds)?;
                 return Ok(Outcome {

@@ -42,7 +42,7 @@ pub use funnel::Funnel;
 pub use gmm::{Gauss, GaussianMixture};
 pub use lgcp::Lgcp;
 pub use mos::MixtureOfStudents;
-pub use registry::{by_name, list, mode_centres, names, TargetInfo};
+pub use registry::{by_name, list, mode_centres, names, register, TargetInfo};
 pub use rings::Rings;
 pub use robot::{end_effector, PlanarRobot4};
 pub use wells::{FabManyWell, ManyWell};

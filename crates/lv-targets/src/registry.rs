@@ -1,8 +1,14 @@
 //! The target registry: names → constructors, summaries and mode centres.
+//!
+//! The built-in targets are a constant table. Targets defined outside this crate (a user's
+//! own type, a Python callable of the `lv` package) join it for the life of the process
+//! through [`register`], and are then found by [`by_name`] like the built-ins, so configs,
+//! run folders, evaluation and sampling name them the same way.
 
 use anyhow::{bail, Result};
 use lv_core::Target;
 use serde::Serialize;
+use std::sync::{Arc, RwLock};
 
 use crate::dw4::Dw4;
 use crate::funnel::Funnel;
@@ -158,19 +164,96 @@ const ENTRIES: &[Entry] = &[
     },
 ];
 
-/// The registry names, in registry order.
-pub fn names() -> Vec<&'static str> {
-    ENTRIES.iter().map(|e| e.name).collect()
+/// Targets added at run time by [`register`], in registration order.
+static REGISTERED: RwLock<Vec<(String, Arc<dyn Target>)>> = RwLock::new(Vec::new());
+
+/// Adds `target` to the registry of this process under its [`Target::name`], replacing an
+/// earlier registration of that name.
+///
+/// Errors: the name of a built-in target, or a name that configs and folder names cannot
+/// carry (empty, longer than 64 bytes, or with characters other than ASCII letters, digits
+/// and `_ . : +`; `-` is excluded because preset rows split `<method>-<loss>-<target>`).
+pub fn register(target: Arc<dyn Target>) -> Result<()> {
+    let name = target.name().to_string();
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_.:+".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+        bail!(
+            "target name `{name}`: use 1 to 64 ASCII letters, digits and `_ . : +` (no `-`)"
+        );
+    }
+    if ENTRIES.iter().any(|e| e.name == name) {
+        bail!("target name `{name}` is a built-in target; choose another name");
+    }
+    let mut reg = REGISTERED.write().unwrap_or_else(|p| p.into_inner());
+    reg.retain(|(n, _)| *n != name);
+    reg.push((name, target));
+    Ok(())
+}
+
+/// The registry names: the built-ins in registry order, then those added by [`register`].
+pub fn names() -> Vec<String> {
+    let reg = REGISTERED.read().unwrap_or_else(|p| p.into_inner());
+    ENTRIES
+        .iter()
+        .map(|e| e.name.to_string())
+        .chain(reg.iter().map(|(n, _)| n.clone()))
+        .collect()
 }
 
 /// Builds the target registered as `name`; an unknown name is an error listing the known names.
 pub fn by_name(name: &str) -> Result<Box<dyn Target>> {
-    match ENTRIES.iter().find(|e| e.name == name) {
-        Some(e) => (e.build)(),
+    if let Some(e) = ENTRIES.iter().find(|e| e.name == name) {
+        return (e.build)();
+    }
+    let reg = REGISTERED.read().unwrap_or_else(|p| p.into_inner());
+    match reg.iter().find(|(n, _)| n == name) {
+        Some((_, t)) => Ok(Box::new(Shared(t.clone()))),
         None => bail!(
             "unknown target `{name}`; known targets: {}",
             names().join(", ")
         ),
+    }
+}
+
+/// A registered target handed out by [`by_name`]: every method forwards to the shared one.
+struct Shared(Arc<dyn Target>);
+
+impl Target for Shared {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn log_density(&self, x: &tch::Tensor) -> tch::Tensor {
+        self.0.log_density(x)
+    }
+    fn score(&self, x: &tch::Tensor) -> tch::Tensor {
+        self.0.score(x)
+    }
+    fn score_in_graph(&self) -> bool {
+        self.0.score_in_graph()
+    }
+    fn log_z(&self) -> Option<f64> {
+        self.0.log_z()
+    }
+    fn domain(&self) -> Vec<(f64, f64)> {
+        self.0.domain()
+    }
+    fn marginal_stds(&self) -> Option<Vec<f64>> {
+        self.0.marginal_stds()
+    }
+    fn mode_centres(&self) -> Option<Vec<Vec<f64>>> {
+        self.0.mode_centres()
+    }
+    fn sampler(&self) -> Option<&dyn lv_core::target::ExactSampler> {
+        self.0.sampler()
+    }
+    fn reference_samples(&self) -> Option<Result<tch::Tensor>> {
+        self.0.reference_samples()
+    }
+    fn zero_com(&self) -> Option<lv_core::subspace::ZeroCom> {
+        self.0.zero_com()
     }
 }
 

@@ -7,7 +7,7 @@ use super::folder::write_atomic;
 use super::protocol::{summarise, FixedReference, Protocol};
 use super::results::{RunResults, SmcSummary};
 use crate::config::{Resolved, RunConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lv_core::driver::step_seed;
 use lv_core::train::Counters;
 use lv_core::Target;
@@ -145,12 +145,13 @@ pub(crate) fn evaluate_run(
                 out.periodic = Some(summarise(&during, &out.metrics, floor));
             }
         }
-        let (stds, source) = reference_stds(b.target.as_ref())?;
-        let se = lv_metrics::std_errors(x.view(), &stds)?;
-        out.avg_marginal_stddev = Some(se.avg_marginal_stddev);
-        out.avg_stddev = Some(se.avg_stddev);
-        out.stddev_error_per_coordinate = Some(se.per_coordinate);
-        out.stddev_reference = Some(source);
+        if let Some((stds, source)) = reference_stds(b.target.as_ref())? {
+            let se = lv_metrics::std_errors(x.view(), &stds)?;
+            out.avg_marginal_stddev = Some(se.avg_marginal_stddev);
+            out.avg_stddev = Some(se.avg_stddev);
+            out.stddev_error_per_coordinate = Some(se.per_coordinate);
+            out.stddev_reference = Some(source);
+        }
     }
     if let Some(centres) = b.target.mode_centres().filter(|_| x.nrows() > 0) {
         let c = Array2::from_shape_vec(
@@ -221,10 +222,11 @@ pub(crate) const STD_REFERENCE_SEED: i64 = 0x5EED_0057D;
 
 /// The s_k of the Δstd metrics (spec §10): exact where the target knows them, else the
 /// unbiased std of [`STD_REFERENCE_SAMPLES`] exact samples (fixed seed, drawn in chunks,
-/// accumulated in f64), else of the shipped reference set. Errors when the target has none.
-pub fn reference_stds(target: &dyn Target) -> Result<(Vec<f64>, StdReference)> {
+/// accumulated in f64), else of the shipped reference set; `None` when the target has none
+/// of these (a user's target known only through log ρ: the Δstd metrics are then absent).
+pub fn reference_stds(target: &dyn Target) -> Result<Option<(Vec<f64>, StdReference)>> {
     if let Some(s) = target.marginal_stds() {
-        return Ok((s, StdReference::Exact));
+        return Ok(Some((s, StdReference::Exact)));
     }
     let d = target.dim();
     if let Some(sampler) = target.sampler() {
@@ -255,23 +257,20 @@ pub fn reference_stds(target: &dyn Target) -> Result<(Vec<f64>, StdReference)> {
         let s = (0..d)
             .map(|k| ((sq[k] - sum[k] * sum[k] / n) / (n - 1.0)).max(0.0).sqrt())
             .collect();
-        return Ok((
+        return Ok(Some((
             s,
             StdReference::Samples {
                 n: STD_REFERENCE_SAMPLES,
             },
-        ));
+        )));
     }
     match target.reference_samples() {
         Some(r) => {
             let r = to_array(&r?)?;
             let s = lv_metrics::marginals::unbiased_std(r.view())?.to_vec();
-            Ok((s, StdReference::Samples { n: r.nrows() }))
+            Ok(Some((s, StdReference::Samples { n: r.nrows() })))
         }
-        None => bail!(
-            "target `{}` has neither exact stds, an exact sampler nor reference samples",
-            target.name()
-        ),
+        None => Ok(None),
     }
 }
 

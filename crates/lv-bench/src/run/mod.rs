@@ -123,6 +123,42 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
             (cfg, dir, false)
         }
     };
+    train_in(
+        cfg,
+        &dir,
+        resume,
+        &TrainOptions {
+            stop_after: args.stop_after,
+            quiet: args.quiet,
+            interrupt: None,
+        },
+    )?;
+    Ok(dir)
+}
+
+/// How [`train_in`] runs, beyond the config.
+#[derive(Default)]
+pub struct TrainOptions<'a> {
+    /// Stop after this many steps of this invocation (with a checkpoint).
+    pub stop_after: Option<usize>,
+    /// No progress bar and no results on stdout.
+    pub quiet: bool,
+    /// Asked after every step; `true` stops the run with a checkpoint
+    /// ([`lv_core::driver::Driver::interrupt`]).
+    pub interrupt: Option<&'a dyn Fn() -> bool>,
+}
+
+/// Trains `cfg` in the run folder `dir` (a new run, or with `resume` the folder's own run from
+/// its checkpoint), then evaluates it; returns the final results, or `None` when the run
+/// stopped early (`stop_after`, `interrupt`), its checkpoint then being valid for `--resume`.
+/// This is `lv train` without the command line, for the library and the Python package.
+pub fn train_in(
+    cfg: RunConfig,
+    dir: &Path,
+    resume: bool,
+    opts: &TrainOptions<'_>,
+) -> Result<Option<RunResults>> {
+    let dir = dir.to_path_buf();
     let res = cfg.validate()?;
     res.runtime.install();
     if resume && !dir.join("checkpoint.safetensors").exists() {
@@ -150,8 +186,7 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
     }
     tch::manual_seed(res.runtime.seed as i64);
     let built = build(&res)?;
-    train_built(&res, &built, &dir, resume, args.stop_after, args.quiet)?;
-    Ok(dir)
+    train_built(&res, &built, &dir, resume, opts)
 }
 
 fn train_built(
@@ -159,9 +194,9 @@ fn train_built(
     b: &Built,
     dir: &Path,
     resume: bool,
-    stop_after: Option<usize>,
-    quiet: bool,
-) -> Result<()> {
+    opts: &TrainOptions<'_>,
+) -> Result<Option<RunResults>> {
+    let quiet = opts.quiet;
     let cfg = &res.cfg;
     let mut diffusion;
     let mut annealed;
@@ -265,11 +300,12 @@ fn train_built(
     };
     let outcome = Driver::new(trainer, schedule)
         .resumed_seconds(seconds)
-        .stop_after(stop_after)
+        .stop_after(opts.stop_after)
+        .interrupt(opts.interrupt)
         .run(&mut ema, &mut sink, &mut store)?;
     if !outcome.finished {
         bar.abandon();
-        return Ok(());
+        return Ok(None);
     }
     bar.finish();
     drop(sink);
@@ -279,7 +315,7 @@ fn train_built(
     if !quiet {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
-    Ok(())
+    Ok(Some(results))
 }
 
 /// Arguments of `lv eval`.
@@ -333,61 +369,75 @@ fn open_run(
 /// trainer holds the folder ([`crate::lock`]), it evaluates the latest checkpoint, prints the
 /// results and writes nothing into the folder (its results belong to the trainer).
 pub fn eval(args: &EvalArgs, ov: &Overrides) -> Result<()> {
-    if !args.run.join("config.toml").exists() {
-        bail!(
-            "{} is not a run folder (no config.toml)",
-            args.run.display()
-        );
-    }
-    let lock = crate::lock::lock_run(&args.run).ok();
-    let (res, built, meta) = open_run(&args.run, &args.set, ov)?;
-    if lock.is_none() {
-        eprintln!(
-            "{} is being trained: evaluating its checkpoint at step {} without writing into the folder",
-            args.run.display(),
-            meta.counters.step
-        );
-    }
-    let results = evaluate_run(
-        &res,
-        &built,
-        &args.run,
-        meta.seconds,
-        &meta.counters,
-        lock.is_some(),
-    )?;
+    let results = evaluate_folder(&args.run, &args.set, ov)?;
     println!("{}", serde_json::to_string_pretty(&results)?);
     Ok(())
 }
 
+/// `lv eval` without the command line: evaluates the EMA weights of the run in `run` and
+/// rewrites its results.json (unless a trainer holds the folder); returns the results.
+pub fn evaluate_folder(run: &Path, set: &[String], ov: &Overrides) -> Result<RunResults> {
+    if !run.join("config.toml").exists() {
+        bail!("{} is not a run folder (no config.toml)", run.display());
+    }
+    let lock = crate::lock::lock_run(run).ok();
+    let (res, built, meta) = open_run(run, set, ov)?;
+    if lock.is_none() {
+        eprintln!(
+            "{} is being trained: evaluating its checkpoint at step {} without writing into the folder",
+            run.display(),
+            meta.counters.step
+        );
+    }
+    evaluate_run(
+        &res,
+        &built,
+        run,
+        meta.seconds,
+        &meta.counters,
+        lock.is_some(),
+    )
+}
+
 /// `lv sample RUN -n N --out FILE.npy`.
 pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
-    if args.n == 0 || args.n > lv_core::check::MAX_COUNT {
+    let x = sample_folder(&args.run, args.n, ov)?;
+    ndarray_npy::write_npy(&args.out, &x.mapv(|v| v as f32))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} samples of dimension {} to {}",
+        x.nrows(),
+        x.ncols(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `lv sample` without the command line: `n` terminal samples `[n, d]` of the run in `run`
+/// (its checkpoint's weights; seeded by `ov.seed`, else the run's seed).
+pub fn sample_folder(run: &Path, n: usize, ov: &Overrides) -> Result<ndarray::Array2<f64>> {
+    if n == 0 || n > lv_core::check::MAX_COUNT {
         bail!(
-            "-n must be in [1, {}] (got {})",
-            lv_core::check::MAX_COUNT,
-            args.n
+            "-n must be in [1, {}] (got {n})",
+            lv_core::check::MAX_COUNT
         );
     }
-    if !args.run.join("config.toml").exists() {
-        bail!(
-            "{} is not a run folder (no config.toml)",
-            args.run.display()
-        );
+    if !run.join("config.toml").exists() {
+        bail!("{} is not a run folder (no config.toml)", run.display());
     }
-    let (res, built, _) = open_run(&args.run, &[], ov)?;
+    let (res, built, _) = open_run(run, &[], ov)?;
     let d = built.target.dim();
     crate::memory::ensure_fits(
-        &format!("{} samples of dimension {d}", args.n),
-        (args.n as u64).saturating_mul(d as u64).saturating_mul(24),
+        &format!("{} samples of dimension {d}", n),
+        (n as u64).saturating_mul(d as u64).saturating_mul(24),
         "lower -n",
     )?;
     tch::manual_seed(ov.seed.unwrap_or(res.runtime.seed) as i64);
     let d = d as i64;
     let mut parts = Vec::new();
     let mut done = 0;
-    while done < args.n {
-        let m = (args.n - done).min(res.cfg.eval.chunk) as i64;
+    while done < n {
+        let m = (n - done).min(res.cfg.eval.chunk) as i64;
         let x = match &built.sampler {
             Sampler::Diffusion(method) => {
                 let x0 = method.prior.sample(m, d, built.device);
@@ -410,14 +460,5 @@ pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
         parts.push(x.to_device(Device::Cpu));
         done += m as usize;
     }
-    let x = to_array(&Tensor::cat(&parts, 0))?;
-    ndarray_npy::write_npy(&args.out, &x.mapv(|v| v as f32))
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!(
-        "wrote {} samples of dimension {} to {}",
-        args.n,
-        d,
-        args.out.display()
-    );
-    Ok(())
+    to_array(&Tensor::cat(&parts, 0))
 }
