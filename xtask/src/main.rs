@@ -38,7 +38,9 @@ enum Cmd {
     /// Run each cargo-fuzz target of `fuzz/` for a bounded time (stable toolchain via
     /// RUSTC_BOOTSTRAP=1, no sanitizer) and report executions and findings.
     Fuzz(fuzz::FuzzArgs),
-    /// Build the Python wheels (`lv_metrics`) with maturin into target/wheels.
+    /// Only the Python half of `test`: build (dev profile), install and pytest both packages.
+    TestPython,
+    /// Build the Python wheels (`lv_metrics`, `lv`) with maturin into target/wheels.
     Wheel(python::WheelArgs),
     /// Reproduce the benchmark tables (see the README).
     ReproduceTable {
@@ -80,6 +82,10 @@ fn run() -> Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             cargo(&root, &a)?;
+            python::test(&root)?;
+        }
+        Cmd::TestPython => {
+            libtorch::ensure(&root)?;
             python::test(&root)?;
         }
         Cmd::Wheel(args) => python::wheel(&root, &args)?,

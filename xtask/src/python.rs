@@ -4,6 +4,11 @@
 //! | package | crate | module |
 //! |---|---|---|
 //! | `lv-metrics` | crates/lv-metrics-py | `lv_metrics` (no libtorch) |
+//! | `lv` | crates/lv-py | `lv` (links the libtorch of `torch==2.13.0`) |
+//!
+//! `cargo xtask wheel` builds release wheels. The test builds use cargo's dev profile, so
+//! that they reuse what `cargo test --workspace` compiled (only pyo3 and the two binding
+//! crates are built again); the dev profile optimises dependencies and lv-nets fully.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -24,14 +29,17 @@ const TOOLS: &[&str] = &[
 pub enum Package {
     /// `lv_metrics`: the metrics on NumPy arrays.
     LvMetrics,
+    /// `lv`: targets, training, sampling and evaluation on torch tensors.
+    Lv,
 }
 
 impl Package {
-    pub const ALL: [Package; 1] = [Package::LvMetrics];
+    pub const ALL: [Package; 2] = [Package::LvMetrics, Package::Lv];
 
     fn crate_dir(self) -> &'static str {
         match self {
             Package::LvMetrics => "crates/lv-metrics-py",
+            Package::Lv => "crates/lv-py",
         }
     }
 
@@ -39,8 +47,16 @@ impl Package {
     fn wheel_prefix(self) -> &'static str {
         match self {
             Package::LvMetrics => "lv_metrics-",
+            Package::Lv => "lv-",
         }
     }
+}
+
+/// The cargo profile of a wheel build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    Release,
+    Dev,
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,8 +100,14 @@ fn ensure_tools(venv: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds the wheel of `pkg` into `out` (release profile); returns its path.
-fn build_wheel(root: &Path, venv: &Path, pkg: Package, out: &Path) -> Result<PathBuf> {
+/// Builds the wheel of `pkg` into `out`; returns its path.
+fn build_wheel(
+    root: &Path,
+    venv: &Path,
+    pkg: Package,
+    out: &Path,
+    profile: Profile,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(out)?;
     // Only the newest wheel of the package is kept, so the path below is unambiguous.
     for e in std::fs::read_dir(out)?.flatten() {
@@ -95,9 +117,15 @@ fn build_wheel(root: &Path, venv: &Path, pkg: Package, out: &Path) -> Result<Pat
         }
     }
     let manifest = root.join(pkg.crate_dir()).join("Cargo.toml");
+    let profile = match profile {
+        Profile::Release => ["--profile", "release"],
+        Profile::Dev => ["--profile", "dev"],
+    };
     run(
         Command::new(bin(venv, "maturin"))
-            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .args(["build", "--quiet"])
+            .args(profile)
+            .arg("--manifest-path")
             .arg(&manifest)
             .arg("--out")
             .arg(out)
@@ -132,7 +160,7 @@ pub fn wheel(root: &Path, args: &WheelArgs) -> Result<()> {
         args.package.clone()
     };
     for p in pkgs {
-        let w = build_wheel(root, &venv, p, &out)?;
+        let w = build_wheel(root, &venv, p, &out, Profile::Release)?;
         println!("{}", w.display());
     }
     Ok(())
@@ -145,7 +173,7 @@ pub fn test(root: &Path) -> Result<()> {
     ensure_tools(&venv)?;
     let out = root.join("target").join("wheels");
     for p in Package::ALL {
-        let w = build_wheel(root, &venv, p, &out)?;
+        let w = build_wheel(root, &venv, p, &out, Profile::Dev)?;
         run(
             Command::new(bin(&venv, "pip"))
                 .args([

@@ -54,7 +54,11 @@ fn to_toml(v: &Bound<'_, PyAny>, key: &str) -> PyResult<toml::Value> {
             let k: String = k.extract().map_err(|_| {
                 PyValueError::new_err(format!("key `{key}`: config keys must be strings"))
             })?;
-            let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+            let sub = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
             t.insert(k, to_toml(&x, &sub)?);
         }
         return Ok(toml::Value::Table(t));
@@ -148,7 +152,9 @@ fn to_numpy2<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArray2<f
 impl BuiltinTarget {
     #[new]
     fn new(name: &str) -> PyResult<Self> {
-        lv_targets::by_name(name).map(BuiltinTarget).map_err(value_error)
+        lv_targets::by_name(name)
+            .map(BuiltinTarget)
+            .map_err(value_error)
     }
     #[getter]
     fn name(&self) -> String {
@@ -229,7 +235,11 @@ fn register_target(
         )));
     }
     let domain = domain.unwrap_or_else(|| vec![(-10.0, 10.0); dim]);
-    if domain.len() != dim || domain.iter().any(|(a, b)| !(a.is_finite() && b.is_finite() && a < b)) {
+    if domain.len() != dim
+        || domain
+            .iter()
+            .any(|(a, b)| !(a.is_finite() && b.is_finite() && a < b))
+    {
         return Err(PyValueError::new_err(format!(
             "domain must be {dim} finite (lo, hi) pairs with lo < hi"
         )));
@@ -317,7 +327,10 @@ fn train_interruptible(
             quiet,
             interrupt: Some(&stop),
         };
-        (run::train_in(cfg, dir, resume, &opts), interrupted.into_inner())
+        (
+            run::train_in(cfg, dir, resume, &opts),
+            interrupted.into_inner(),
+        )
     });
     raise_pending()?;
     if interrupted {

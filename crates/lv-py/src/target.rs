@@ -103,12 +103,16 @@ impl PyTarget {
         let n = h.size()[0] as usize;
         Python::with_gil(|py| {
             let arr = numpy_view(py, &h)?;
-            let out = self
-                .bridge
-                .call_method1(py, "call_log_prob", (self.log_prob.clone_ref(py), arr, n))?;
+            let out = self.bridge.call_method1(
+                py,
+                "call_log_prob",
+                (self.log_prob.clone_ref(py), arr, n),
+            )?;
             let out: PyArrayLike1<f64, AllowTypeChange> = out.extract(py)?;
             let v = out.as_array().to_vec();
-            Ok(Tensor::from_slice(&v).to_kind(x.kind()).to_device(x.device()))
+            Ok(Tensor::from_slice(&v)
+                .to_kind(x.kind())
+                .to_device(x.device()))
         })
     }
 

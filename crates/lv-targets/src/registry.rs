@@ -177,9 +177,7 @@ pub fn register(target: Arc<dyn Target>) -> Result<()> {
     let name = target.name().to_string();
     let ok = |c: char| c.is_ascii_alphanumeric() || "_.:+".contains(c);
     if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
-        bail!(
-            "target name `{name}`: use 1 to 64 ASCII letters, digits and `_ . : +` (no `-`)"
-        );
+        bail!("target name `{name}`: use 1 to 64 ASCII letters, digits and `_ . : +` (no `-`)");
     }
     if ENTRIES.iter().any(|e| e.name == name) {
         bail!("target name `{name}` is a built-in target; choose another name");

@@ -417,10 +417,7 @@ pub fn sample(args: &SampleArgs, ov: &Overrides) -> Result<()> {
 /// (its checkpoint's weights; seeded by `ov.seed`, else the run's seed).
 pub fn sample_folder(run: &Path, n: usize, ov: &Overrides) -> Result<ndarray::Array2<f64>> {
     if n == 0 || n > lv_core::check::MAX_COUNT {
-        bail!(
-            "-n must be in [1, {}] (got {n})",
-            lv_core::check::MAX_COUNT
-        );
+        bail!("-n must be in [1, {}] (got {n})", lv_core::check::MAX_COUNT);
     }
     if !run.join("config.toml").exists() {
         bail!("{} is not a run folder (no config.toml)", run.display());
