@@ -187,3 +187,14 @@ def test_a_folder_holding_a_run_is_not_overwritten(tmp_path):
     with pytest.raises(ValueError, match="already holds a run"):
         lv.train("quick/pis-lv-gmm9", out=out, overrides=FAST, quiet=True)
     assert (tmp_path / "twice" / "results.json").read_text() == before
+
+
+def test_import_refuses_another_torch_version():
+    import subprocess
+    import sys
+
+    code = "import torch; torch.__version__ = '2.12.0+cpu'; import lv"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "ImportError: lv needs torch==2.13.0" in p.stderr
+    assert "found torch 2.12.0+cpu" in p.stderr and "pip install torch==2.13.0" in p.stderr
