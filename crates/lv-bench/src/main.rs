@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use lv_nets::{select_device, set_threads, DeviceChoice, RuntimeInfo};
 
-use lv_bench::commands::{bench_step, metrics, targets};
+use lv_bench::commands::{bench_eval, bench_step, metrics, targets};
 use lv_bench::{run, tables};
 
 #[derive(Parser)]
@@ -50,6 +50,8 @@ enum Cmd {
     Metrics(metrics::MetricsArgs),
     /// Measure training steps per second of a configuration (used by `cargo xtask bench`).
     BenchStep(bench_step::BenchStepArgs),
+    /// Time a run's final evaluation and its periodic sample metrics (untrained weights).
+    BenchEval(bench_eval::BenchEvalArgs),
     /// Reproduce a benchmark table (`cargo xtask reproduce-table` runs this).
     Reproduce(tables::ReproduceArgs),
     /// Inspect configurations.
@@ -114,6 +116,7 @@ fn run() -> Result<()> {
         Cmd::Sample(args) => run::sample(&args, &overrides)?,
         Cmd::Metrics(args) => metrics::run(&args, seed)?,
         Cmd::BenchStep(args) => bench_step::run(&args, &overrides)?,
+        Cmd::BenchEval(args) => bench_eval::run(&args, &overrides)?,
         Cmd::Reproduce(args) => tables::run(&args, &overrides)?,
         Cmd::Config(ConfigCmd::Show { row, preset, set }) => {
             let path = lv_bench::preset::preset_path(&tables::repo_root(), &preset);

@@ -451,3 +451,48 @@ fn second_writer_is_refused_and_readers_work_while_training() {
     assert!(run.join("results.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_eval_times_the_final_evaluation_and_the_periodic_metrics() {
+    let d = tmp("bench-eval");
+    let cfg = d.join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    // A plain config takes no row.
+    let out = lv()
+        .args(["bench-eval", "--row", "pis-lv-gmm9", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = lv()
+        .args([
+            "bench-eval",
+            "--rounds",
+            "2",
+            "--json",
+            "--set",
+            "eval.n=200",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["n"], 200);
+    assert_eq!(v["grid_steps"], 5);
+    assert!(v["eval_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["metrics_n"], 32);
+    assert!(v["metrics_seconds"].as_f64().unwrap() > 0.0);
+    let bad = lv()
+        .args(["bench-eval", "--rounds", "0", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--rounds must be in [1, 1000]"));
+}

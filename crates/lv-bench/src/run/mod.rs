@@ -25,7 +25,7 @@ mod folder;
 mod protocol;
 mod results;
 
-pub(crate) use build::controls_of;
+pub(crate) use build::{annealed_trainer, controls_of};
 pub use build::{build, Built, Sampler};
 pub(crate) use evaluate::evaluate_run;
 pub use evaluate::{
