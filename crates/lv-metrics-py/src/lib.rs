@@ -50,6 +50,23 @@ fn count(name: &str, v: i64) -> PyResult<usize> {
         .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
 }
 
+/// `view2!(x)`: shadows the argument `x` by a float64 `[n, d]` view of it (errors name `x`);
+/// the array it borrows stays alive, shadowed, to the end of the function.
+macro_rules! view2 {
+    ($v:ident) => {
+        let $v = arr($v, stringify!($v))?;
+        let $v = view2(&$v, stringify!($v))?;
+    };
+}
+
+/// `view1!(a)`: as [`view2!`] for a 1-D argument.
+macro_rules! view1 {
+    ($v:ident) => {
+        let $v = arr($v, stringify!($v))?;
+        let $v = view1(&$v, stringify!($v))?;
+    };
+}
+
 fn view2<'a>(a: &'a ArrayArg<'_>, name: &str) -> PyResult<ArrayView2<'a, f64>> {
     let shape = a.shape().to_vec();
     a.as_array().into_dimensionality::<Ix2>().map_err(|_| {
@@ -97,18 +114,16 @@ fn check_at_least_one(name: &str, v: usize) -> PyResult<()> {
 /// Sendera et al. and of AS/ASBS, which call POT's `emd2` with uniform weights).
 #[pyfunction]
 fn w2(py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     py.allow_threads(|| m::w2_exact(x, y)).map_err(value_error)
 }
 
 /// W2² of `w2` (the optimal mean squared cost, no square root).
 #[pyfunction]
 fn w2_squared(py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     py.allow_threads(|| m::w2_squared_exact(x, y))
         .map_err(value_error)
 }
@@ -117,18 +132,17 @@ fn w2_squared(py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyR
 /// min_σ (1/n) Σ_i C[i, σ(i)] (POT's `emd2(a, b, C)` with a = b = 1/n).
 #[pyfunction]
 fn exact_ot_cost(py: Python<'_>, cost: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let cost_arr = arr(cost, "cost")?;
-    let c = view2(&cost_arr, "cost")?;
-    py.allow_threads(|| m::exact_ot_cost(c))
+    view2!(cost);
+    py.allow_threads(|| m::exact_ot_cost(cost))
         .map_err(value_error)
 }
 
 /// The optimal assignment σ of a square cost matrix (row i goes to column σ[i]), as a list.
 #[pyfunction]
 fn assignment(py: Python<'_>, cost: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
-    let cost_arr = arr(cost, "cost")?;
-    let c = view2(&cost_arr, "cost")?;
-    py.allow_threads(|| m::assignment(c)).map_err(value_error)
+    view2!(cost);
+    py.allow_threads(|| m::assignment(cost))
+        .map_err(value_error)
 }
 
 /// Exact W2 of two 1-D uniform empirical measures (POT's `emd2_1d` with squared cost,
@@ -136,9 +150,8 @@ fn assignment(py: Python<'_>, cost: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
 /// monotone (quantile) coupling otherwise.
 #[pyfunction]
 fn w2_1d(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let a_arr = arr(a, "a")?;
-    let b_arr = arr(b, "b")?;
-    let (a, b) = (view1(&a_arr, "a")?, view1(&b_arr, "b")?);
+    view1!(a);
+    view1!(b);
     let (a, b) = (slice_of(a), slice_of(b));
     py.allow_threads(|| m::w2_1d(&a, &b)).map_err(value_error)
 }
@@ -151,13 +164,9 @@ fn energy_w2(
     model: &Bound<'_, PyAny>,
     reference: &Bound<'_, PyAny>,
 ) -> PyResult<f64> {
-    let model_arr = arr(model, "model")?;
-    let reference_arr = arr(reference, "reference")?;
-    let (a, b) = (
-        view1(&model_arr, "model")?,
-        view1(&reference_arr, "reference")?,
-    );
-    let (a, b) = (slice_of(a), slice_of(b));
+    view1!(model);
+    view1!(reference);
+    let (a, b) = (slice_of(model), slice_of(reference));
     py.allow_threads(|| m::energy_w2(&a, &b))
         .map_err(value_error)
 }
@@ -177,9 +186,8 @@ fn sinkhorn_sde(
     max_iter: i64,
     tol: f64,
 ) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     check_positive("eps", eps)?;
     check_positive("tol", tol)?;
     let max_iter = count("max_iter", max_iter)?;
@@ -231,9 +239,8 @@ fn sinkhorn_divergence(
     threshold: f64,
     max_iter: i64,
 ) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     let opts = divergence_options(eps, threshold, max_iter)?;
     py.allow_threads(|| m::sinkhorn_divergence(x, y, &opts))
         .map(|o| o.divergence)
@@ -252,9 +259,8 @@ fn reg_ot_cost(
     threshold: f64,
     max_iter: i64,
 ) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     let opts = divergence_options(eps, threshold, max_iter)?;
     py.allow_threads(|| m::reg_ot_cost(x, y, &opts))
         .map(|o| o.value)
@@ -265,9 +271,8 @@ fn reg_ot_cost(
 /// (computed in O((n + m) d) from means and population variances).
 #[pyfunction]
 fn default_epsilon(py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     if x.ncols() != y.ncols() || x.nrows() == 0 || y.nrows() == 0 {
         return Err(PyValueError::new_err(format!(
             "default_epsilon: need two non-empty sets of the same dimension, got shapes {:?} and {:?}",
@@ -285,9 +290,8 @@ fn default_epsilon(py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -
 /// kept in the within-set sums (as that code does); returns sqrt(max(1e-20, MMD²)).
 #[pyfunction]
 fn mmd_median(py: Python<'_>, x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     py.allow_threads(|| m::mmd_median(x, y))
         .map(|o| o.mmd)
         .map_err(value_error)
@@ -304,9 +308,8 @@ fn mmd_unbiased(
     y: &Bound<'_, PyAny>,
     bandwidth: Option<f64>,
 ) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     if let Some(h) = bandwidth {
         check_positive("bandwidth", h)?;
     }
@@ -326,9 +329,8 @@ fn median_bandwidth(
     y: &Bound<'_, PyAny>,
     include_diagonal: bool,
 ) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     py.allow_threads(|| m::median_bandwidth(x, y, include_diagonal))
         .map_err(value_error)
 }
@@ -345,9 +347,8 @@ fn geometric_w2(
     y: &Bound<'_, PyAny>,
     n_particles: i64,
 ) -> PyResult<f64> {
-    let x_arr = arr(x, "x")?;
-    let y_arr = arr(y, "y")?;
-    let (x, y) = (view2(&x_arr, "x")?, view2(&y_arr, "y")?);
+    view2!(x);
+    view2!(y);
     let n_particles = count("n_particles", n_particles)?;
     check_at_least_one("n_particles", n_particles)?;
     py.allow_threads(|| m::geometric_w2(x, y, n_particles))
@@ -365,14 +366,10 @@ fn mode_coverage<'py>(
     centres: &Bound<'_, PyAny>,
     min_share: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let samples_arr = arr(samples, "samples")?;
-    let centres_arr = arr(centres, "centres")?;
-    let (s, c) = (
-        view2(&samples_arr, "samples")?,
-        view2(&centres_arr, "centres")?,
-    );
+    view2!(samples);
+    view2!(centres);
     let r = py
-        .allow_threads(|| m::mode_coverage(s, c, min_share))
+        .allow_threads(|| m::mode_coverage(samples, centres, min_share))
         .map_err(value_error)?;
     let d = PyDict::new(py);
     d.set_item("fraction", r.fraction)?;
@@ -399,12 +396,11 @@ fn std_errors<'py>(
     model: &Bound<'_, PyAny>,
     target_std: &Bound<'_, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let model_arr = arr(model, "model")?;
-    let x = view2(&model_arr, "model")?;
-    let target_std_arr = arr(target_std, "target_std")?;
-    let s = slice_of(view1(&target_std_arr, "target_std")?);
+    view2!(model);
+    view1!(target_std);
+    let s = slice_of(target_std);
     let r = py
-        .allow_threads(|| m::std_errors(x, &s))
+        .allow_threads(|| m::std_errors(model, &s))
         .map_err(value_error)?;
     std_dict(py, r)
 }
@@ -416,14 +412,10 @@ fn std_errors_vs_samples<'py>(
     model: &Bound<'_, PyAny>,
     reference: &Bound<'_, PyAny>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let model_arr = arr(model, "model")?;
-    let reference_arr = arr(reference, "reference")?;
-    let (x, y) = (
-        view2(&model_arr, "model")?,
-        view2(&reference_arr, "reference")?,
-    );
+    view2!(model);
+    view2!(reference);
     let r = py
-        .allow_threads(|| m::std_errors_vs_samples(x, y))
+        .allow_threads(|| m::std_errors_vs_samples(model, reference))
         .map_err(value_error)?;
     std_dict(py, r)
 }
@@ -449,9 +441,8 @@ fn report<'py>(
     max_mmd: i64,
     seed: i128,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let a_arr = arr(a, "a")?;
-    let b_arr = arr(b, "b")?;
-    let (x, y) = (view2(&a_arr, "a")?, view2(&b_arr, "b")?);
+    view2!(a);
+    view2!(b);
     if let Some(e) = eps {
         check_positive("eps", e)?;
     }
@@ -478,7 +469,7 @@ fn report<'py>(
     };
     let json = py
         .allow_threads(|| {
-            let r = m::compute_report(&x.to_owned(), &y.to_owned(), &opts)?;
+            let r = m::compute_report(&a.to_owned(), &b.to_owned(), &opts)?;
             Ok::<_, anyhow::Error>(serde_json::to_string(&r)?)
         })
         .map_err(value_error)?;
