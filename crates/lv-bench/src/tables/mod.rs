@@ -89,7 +89,8 @@ pub struct ReproduceArgs {
     /// Seeds, comma-separated (default: 1,2,3 for quick, 1..5 for paper).
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
-    /// Only rows whose `<method>-<loss>-<target>` contains one of these strings.
+    /// Only rows whose `<method>-<loss>-<target>` contains one of these strings; an entry
+    /// ending in `$` must equal the row (`pis-lv-mw5$` selects pis-lv-mw5, not pis-lv-mw50).
     #[arg(long, value_delimiter = ',')]
     pub rows: Option<Vec<String>>,
     /// Rows trained at the same time (child processes, one libtorch thread each).
@@ -164,7 +165,7 @@ fn plan(args: &ReproduceArgs, spec: &TableSpec) -> Result<Vec<Job>> {
     for r in &spec.rows {
         let key = row_key(r);
         if let Some(filter) = &args.rows {
-            if !filter.iter().any(|f| key.contains(f.as_str())) {
+            if !filter.iter().any(|f| row_matches(&key, f)) {
                 continue;
             }
         }
@@ -365,4 +366,26 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
         md_path.display()
     );
     Ok(())
+}
+
+/// Whether `key` is selected by the `--rows` entry `f`: a substring, or with a trailing `$`
+/// the whole row name.
+fn row_matches(key: &str, f: &str) -> bool {
+    match f.strip_suffix('$') {
+        Some(exact) => key == exact,
+        None => key.contains(f),
+    }
+}
+
+#[cfg(test)]
+mod row_filter_tests {
+    use super::row_matches;
+
+    #[test]
+    fn substrings_and_exact_names() {
+        assert!(row_matches("pis-lv-mw50", "mw5"));
+        assert!(row_matches("pis-lv-mw5", "pis-lv-mw5$"));
+        assert!(!row_matches("pis-lv-mw50", "pis-lv-mw5$"));
+        assert!(!row_matches("pis-lv-mw5", "dis"));
+    }
 }
