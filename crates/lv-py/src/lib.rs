@@ -280,8 +280,8 @@ fn train(
 ) -> PyResult<(String, Option<String>)> {
     let ov = overrides_of(overrides)?;
     let cfg = resolve_config(config, row.as_deref(), &ov)?;
-    let res = cfg.clone().validate().map_err(value_error)?;
-    if python_target && !res.loss.detached() {
+    let detached = cfg.loss.with_k(cfg.lv_traj_k).map(|l| l.detached());
+    if python_target && detached.is_ok_and(|d| !d) {
         return Err(PyValueError::new_err(format!(
             "loss `{}` differentiates log ρ through the trajectory, which a target written in \
              Python cannot give to libtorch's graph here; use an LV-family loss (lv, lv_biased, \
@@ -289,15 +289,7 @@ fn train(
             cfg.loss
         )));
     }
-    let dir = out.unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "runs/{}-{}-{}-seed{}",
-            cfg.method,
-            cfg.loss,
-            cfg.target.replace(':', "_"),
-            cfg.seed
-        ))
-    });
+    let dir = out.unwrap_or_else(|| run::default_run_dir(&cfg));
     let results = train_interruptible(py, cfg, &dir, false, quiet)?;
     Ok((dir.display().to_string(), results))
 }

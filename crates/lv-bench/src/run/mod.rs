@@ -100,6 +100,18 @@ impl Overrides {
     }
 }
 
+/// The run folder of a config when none is given: `runs/<method>-<loss>-<target>-seed<seed>`
+/// (a `:` of a registered target's name, such as `py:gauss`, becomes `_`).
+pub fn default_run_dir(cfg: &RunConfig) -> PathBuf {
+    PathBuf::from(format!(
+        "runs/{}-{}-{}-seed{}",
+        cfg.method,
+        cfg.loss,
+        cfg.target.replace(':', "_"),
+        cfg.seed
+    ))
+}
+
 /// `lv train`.
 pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
     let (cfg, dir, resume) = match &args.resume {
@@ -114,12 +126,7 @@ pub fn train(args: &TrainArgs, ov: &Overrides) -> Result<PathBuf> {
             let path = args.config.as_ref().expect("clap requires --config");
             let mut cfg = crate::preset::load_run_config(path, args.row.as_deref(), &args.set)?;
             ov.apply(&mut cfg);
-            let dir = args.out.clone().unwrap_or_else(|| {
-                PathBuf::from(format!(
-                    "runs/{}-{}-{}-seed{}",
-                    cfg.method, cfg.loss, cfg.target, cfg.seed
-                ))
-            });
+            let dir = args.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
             (cfg, dir, false)
         }
     };
