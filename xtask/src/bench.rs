@@ -1,13 +1,24 @@
-//! `cargo xtask bench [--compare]`: steps/s of `lv bench-step` on the standard configurations,
-//! and with `--compare` of the PyTorch baseline `benches/baselines/pytorch_step.py` on the same
-//! configurations in the same run, with their ratio.
+//! `cargo xtask bench [--compare]`: steps/s of `lv bench-step` on a set of configurations,
+//! and with `--compare` of the baselines on the same configurations in the same run, with
+//! their ratios: the PyTorch baseline `benches/baselines/pytorch_step.py` (eager, the way
+//! sde_sampler computes a step) and with `--baseline pytorch,jax` also the JAX baseline
+//! `benches/baselines/jax_step.py` (jit, `lax.scan`, optax: the stack of RSMC, SCLD and
+//! Beyond-ELBOs).
 //!
-//! Configurations: {pis-gmm9, dis-funnel10} × {lv, kl} × {b256-n100, b2048-n200}, for each
-//! thread count of `--threads` (default 1 and 2). Results go to a table on stdout and to
-//! `target/lv-bench/compare.json` (a list of objects with `config`, `loss`, `threads`,
-//! `ours_steps_per_s`, `baseline_steps_per_s`, `ratio`, plus `ours_no_replay_steps_per_s` and
-//! `ours_chunked_replay_steps_per_s` on the LV rows with `--no-replay-too` / `--replay-chunk`).
-//! `ratio` is ours (the trainer's default step) / baseline.
+//! Configurations (`--workloads`): `standard` = {pis-gmm9, dis-funnel10} × {lv, kl} ×
+//! {b256-n100, b2048-n200}; `benchmark` = rows of the `cpu` preset at B = 2000 (PIS-LV and
+//! RSMC's ou_dds + lv_biased on manywell64, gmm40_50d, mos50, robot4 at N = 128; the
+//! gradient-free RSMC rows funnel10_clip30 and manywell32 at N = 64), each resolved once by
+//! `lv config show` into `target/lv-bench/rows/<label>.toml`, the file both `lv bench-step
+//! --config` and the baselines' `--config` read; `all` = both. Each runs for every thread
+//! count of `--threads` (default 1 and 2).
+//!
+//! Results go to a table on stdout and to `target/lv-bench/compare.json`: a list of objects
+//! with `config`, `loss`, `threads`, `device`, `ours_steps_per_s`, `ours_cpu_steps_per_s`,
+//! `rounds`, `ours_rounds`, `ours_path`, and per baseline B (`pytorch`, `jax`)
+//! `B_steps_per_s`, `B_ratio` (ours / B, the median of the per-round ratios), `B_cpu_steps_per_s`,
+//! `B_cpu_ratio`, `B_ratio_rounds`, `B_rounds`; plus `ours_no_replay_steps_per_s`,
+//! `ours_chunked_replay_steps_per_s` and `ours_unsharded_steps_per_s` with their flags.
 //!
 //! Everything runs as subprocesses (`cargo build --release -p lv-bench --bin lv`, then that
 //! binary's `bench-step`, and the venv python), so xtask itself never links libtorch.
@@ -29,7 +40,14 @@ pub struct BenchArgs {
     /// libtorch thread counts to measure (0 = libtorch's default), comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 2])]
     pub threads: Vec<usize>,
-    /// Only the small setting (batch 256, 100 steps).
+    /// Which configurations: the standard ones, the later benchmark rows, or all.
+    #[arg(long, value_enum, default_value = "standard")]
+    pub workloads: Workloads,
+    /// With `--compare`: the baselines to run, comma separated (jax needs jax and optax in
+    /// the baseline's python; it runs on the CPU).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![Baseline::Pytorch])]
+    pub baseline: Vec<Baseline>,
+    /// Standard workloads: only the small setting (batch 256, 100 steps).
     #[arg(long)]
     pub quick: bool,
     /// Only configurations whose label contains this string (e.g. `pis-lv`).
@@ -59,10 +77,23 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
 }
 
+/// What one benchmark configuration trains.
+enum Workload {
+    /// `lv bench-step --method --loss --target --batch --steps-grid`, and the same flags of
+    /// the baselines (their standard PIS/gmm9 and DIS/funnel10 configurations).
+    Flags {
+        method: &'static str,
+        target: &'static str,
+    },
+    /// A row of the `cpu` preset at batch B and N steps: resolved once by
+    /// `lv config show --preset cpu ROW --set train.batch=B --set sde.steps=N` into a run
+    /// config file that `lv bench-step --config` and the baselines' `--config` both read.
+    Row { row: &'static str },
+}
+
 /// One benchmark configuration.
 struct Config {
-    method: &'static str,
-    target: &'static str,
+    work: Workload,
     loss: &'static str,
     batch: usize,
     steps: usize,
@@ -72,39 +103,90 @@ struct Config {
 
 impl Config {
     fn label(&self) -> String {
-        format!(
-            "{}-{}-{}-b{}-n{}",
-            self.method, self.loss, self.target, self.batch, self.steps
-        )
+        match &self.work {
+            Workload::Flags { method, target } => format!(
+                "{method}-{}-{target}-b{}-n{}",
+                self.loss, self.batch, self.steps
+            ),
+            Workload::Row { row } => format!("{row}-b{}-n{}", self.batch, self.steps),
+        }
     }
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--method".into(),
-            self.method.into(),
-            "--loss".into(),
-            self.loss.into(),
-            "--target".into(),
-            self.target.into(),
-            "--batch".into(),
-            self.batch.to_string(),
-            "--steps-grid".into(),
-            self.steps.to_string(),
+    /// The workload's arguments, shared by `lv bench-step` and the baselines; `resolved` is
+    /// the run config file of a [`Workload::Row`].
+    fn args(&self, resolved: Option<&Path>) -> Vec<String> {
+        let mut v: Vec<String> = match (&self.work, resolved) {
+            (Workload::Flags { method, target }, _) => vec![
+                "--method".into(),
+                (*method).into(),
+                "--loss".into(),
+                self.loss.into(),
+                "--target".into(),
+                (*target).into(),
+                "--batch".into(),
+                self.batch.to_string(),
+                "--steps-grid".into(),
+                self.steps.to_string(),
+            ],
+            (Workload::Row { .. }, Some(file)) => {
+                vec!["--config".into(), file.display().to_string()]
+            }
+            (Workload::Row { row }, None) => unreachable!("row {row} used unresolved"),
+        };
+        v.extend([
             "--iters".into(),
             self.iters.to_string(),
             "--warmup".into(),
             self.warmup.to_string(),
             "--json".into(),
-        ]
+        ]);
+        v
     }
 }
 
-fn configs(quick: bool) -> Vec<Config> {
+/// Which configurations `cargo xtask bench` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Workloads {
+    /// PIS/gmm9 and DIS/funnel10, LV and KL, at B = 256 × 100 and B = 2048 × 200.
+    Standard,
+    /// The later benchmark rows (cpu preset rows at B = 2000): PIS-LV and RSMC's LV variant
+    /// (ou_dds + lv_biased) on manywell64, gmm40_50d, mos50 and robot4 at N = 128, and the
+    /// gradient-free RSMC rows funnel10_clip30 and manywell32 at N = 64.
+    Benchmark,
+    /// Both.
+    All,
+}
+
+/// The baseline implementations of `--compare`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Baseline {
+    /// benches/baselines/pytorch_step.py (eager PyTorch, one network call per time step).
+    Pytorch,
+    /// benches/baselines/jax_step.py (jit-compiled, `lax.scan` over the time steps, optax).
+    Jax,
+}
+
+impl Baseline {
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::Pytorch => "pytorch",
+            Baseline::Jax => "jax",
+        }
+    }
+    fn script(self) -> &'static str {
+        match self {
+            Baseline::Pytorch => "benches/baselines/pytorch_step.py",
+            Baseline::Jax => "benches/baselines/jax_step.py",
+        }
+    }
+}
+
+fn standard_configs(quick: bool) -> Vec<Config> {
     let mut v = Vec::new();
     for (method, target) in [("pis", "gmm9"), ("dis", "funnel10")] {
         for loss in ["lv", "kl"] {
+            let work = || Workload::Flags { method, target };
             v.push(Config {
-                method,
-                target,
+                work: work(),
                 loss,
                 batch: 256,
                 steps: 100,
@@ -114,8 +196,7 @@ fn configs(quick: bool) -> Vec<Config> {
             if !quick {
                 // The paper's setting takes seconds per step (KL more): few iterations.
                 v.push(Config {
-                    method,
-                    target,
+                    work: work(),
                     loss,
                     batch: 2048,
                     steps: 200,
@@ -126,6 +207,67 @@ fn configs(quick: bool) -> Vec<Config> {
         }
     }
     v
+}
+
+/// The benchmark-scale rows (see [`Workloads::Benchmark`]).
+fn benchmark_configs() -> Vec<Config> {
+    let row = |row, loss, steps| Config {
+        work: Workload::Row { row },
+        loss,
+        batch: 2000,
+        steps,
+        iters: 3,
+        warmup: 1,
+    };
+    let mut v = Vec::new();
+    for (pis, rsmc) in [
+        ("pis-lv-manywell64", "ou_dds-lv_biased-manywell64"),
+        ("pis-lv-gmm40_50d", "ou_dds-lv_biased-gmm40_50d"),
+        ("pis-lv-mos50", "ou_dds-lv_biased-mos50"),
+        ("pis-lv-robot4", "ou_dds-lv_biased-robot4"),
+    ] {
+        v.push(row(pis, "lv", 128));
+        v.push(row(rsmc, "lv_biased", 128));
+    }
+    v.push(row("ou_dds-lv_biased-funnel10_clip30", "lv_biased", 64));
+    v.push(row("ou_dds-lv_biased-manywell32", "lv_biased", 64));
+    v
+}
+
+fn configs(workloads: Workloads, quick: bool) -> Vec<Config> {
+    match workloads {
+        Workloads::Standard => standard_configs(quick),
+        Workloads::Benchmark => benchmark_configs(),
+        Workloads::All => {
+            let mut v = standard_configs(quick);
+            v.extend(benchmark_configs());
+            v
+        }
+    }
+}
+
+/// Writes the run config of a [`Workload::Row`] to `dir/<label>.toml` (from
+/// `lv config show`), or returns `None` for flag workloads.
+fn resolve(root: &Path, lv: &Path, dir: &Path, cfg: &Config) -> Result<Option<PathBuf>> {
+    let Workload::Row { row } = &cfg.work else {
+        return Ok(None);
+    };
+    let out = Command::new(lv)
+        .current_dir(root)
+        .args(["config", "show", "--preset", "cpu", row])
+        .args(["--set", &format!("train.batch={}", cfg.batch)])
+        .args(["--set", &format!("sde.steps={}", cfg.steps)])
+        .output()
+        .with_context(|| format!("running lv config show {row}"))?;
+    if !out.status.success() {
+        bail!(
+            "lv config show --preset cpu {row} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let file = dir.join(format!("{}.toml", cfg.label()));
+    std::fs::write(&file, &out.stdout).with_context(|| format!("writing {}", file.display()))?;
+    Ok(Some(file))
 }
 
 /// The venv python behind `.libtorch` (`<venv>/lib/python3.X/site-packages/torch`), or the
@@ -202,7 +344,14 @@ fn steps_per_s(cmd: &mut Command, what: &str) -> Result<Speed> {
 
 /// Runs the `lv` binary built by [`run`] (not `cargo run` per configuration: files edited
 /// while the benchmark runs must not rebuild it halfway through the table).
-fn ours(root: &Path, lv: &Path, run: &Run, cfg: &Config, extra: &[String]) -> Result<Speed> {
+fn ours(
+    root: &Path,
+    lv: &Path,
+    run: &Run,
+    cfg: &Config,
+    resolved: Option<&Path>,
+    extra: &[String],
+) -> Result<Speed> {
     let mut cmd = Command::new(lv);
     cmd.current_dir(root).args([
         "--threads",
@@ -211,22 +360,27 @@ fn ours(root: &Path, lv: &Path, run: &Run, cfg: &Config, extra: &[String]) -> Re
         run.device,
         "bench-step",
     ]);
-    cmd.args(cfg.args()).args(extra);
+    cmd.args(cfg.args(resolved)).args(extra);
     steps_per_s(&mut cmd, &format!("lv bench-step {}", cfg.label()))
 }
 
-fn baseline(root: &Path, python: &Path, run: &Run, cfg: &Config) -> Result<Speed> {
+fn baseline(
+    root: &Path,
+    python: &Path,
+    which: Baseline,
+    run: &Run,
+    cfg: &Config,
+    resolved: Option<&Path>,
+) -> Result<Speed> {
     let mut cmd = Command::new(python);
     cmd.current_dir(root)
-        .arg(root.join("benches/baselines/pytorch_step.py"))
-        .args(cfg.args())
-        .args([
-            "--threads",
-            &run.threads.to_string(),
-            "--device",
-            run.device,
-        ]);
-    steps_per_s(&mut cmd, &format!("pytorch_step.py {}", cfg.label()))
+        .arg(root.join(which.script()))
+        .args(cfg.args(resolved))
+        .args(["--threads", &run.threads.to_string()]);
+    if which == Baseline::Pytorch {
+        cmd.args(["--device", run.device]);
+    }
+    steps_per_s(&mut cmd, &format!("{} {}", which.script(), cfg.label()))
 }
 
 /// Thread count and device of one pass over the configurations.
@@ -242,7 +396,8 @@ struct Measured {
     no_replay: Vec<f64>,
     chunked: Vec<f64>,
     unsharded: Vec<f64>,
-    baseline: Vec<Speed>,
+    /// Per baseline of `--baseline`, in that order.
+    baselines: Vec<Vec<Speed>>,
 }
 
 /// Median (mean of the middle two for an even count); `None` when empty.
@@ -263,6 +418,23 @@ fn median_speed(v: &[Speed]) -> Speed {
     }
 }
 
+/// One baseline's figures on one row.
+struct Versus {
+    which: Baseline,
+    /// Medians.
+    speed: Speed,
+    /// Per round: ours / baseline, and the baseline's steps/s.
+    ratio_rounds: Vec<f64>,
+    rounds: Vec<f64>,
+}
+
+impl Versus {
+    /// Wall-clock ratio ours / baseline: the median of the per-round ratios.
+    fn ratio(&self) -> Option<f64> {
+        median(&self.ratio_rounds)
+    }
+}
+
 struct Row {
     config: String,
     device: String,
@@ -272,11 +444,9 @@ struct Row {
     ours_no_replay: Option<f64>,
     ours_chunked: Option<f64>,
     ours_unsharded: Option<f64>,
-    baseline: Option<Speed>,
-    /// Per round (more than one with `--rounds`): ours / baseline, ours, baseline steps/s.
-    ratio_rounds: Vec<f64>,
+    versus: Vec<Versus>,
+    /// Ours per round.
     ours_rounds: Vec<f64>,
-    baseline_rounds: Vec<f64>,
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -284,57 +454,55 @@ fn fmt_opt(v: Option<f64>, prec: usize) -> String {
 }
 
 impl Row {
-    /// Wall-clock ratio ours / baseline: the median of the per-round ratios.
-    fn ratio(&self) -> Option<f64> {
-        median(&self.ratio_rounds)
-    }
     /// CPU-time ratio ours / baseline (steps per CPU-second).
-    fn cpu_ratio(&self) -> Option<f64> {
-        let b = self.baseline.as_ref()?.cpu?;
-        Some(self.ours.cpu? / b)
+    fn cpu_ratio(&self, v: &Versus) -> Option<f64> {
+        Some(self.ours.cpu? / v.speed.cpu?)
+    }
+    fn versus(&self, which: Baseline) -> Option<&Versus> {
+        self.versus.iter().find(|v| v.which == which)
     }
 }
 
 fn to_json(rows: &[Row]) -> String {
     let num = |v: Option<f64>| v.map_or_else(|| "null".into(), |x| format!("{x:.6}"));
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut s = String::from("[\n");
     for (i, r) in rows.iter().enumerate() {
         let _ = write!(
             s,
             "  {{\"config\": \"{}\", \"loss\": \"{}\", \"threads\": {}, \"device\": \"{}\", \
-             \"ours_steps_per_s\": {}, \
-             \"baseline_steps_per_s\": {}, \"ratio\": {}, \"ours_cpu_steps_per_s\": {}, \
-             \"baseline_cpu_steps_per_s\": {}, \"cpu_ratio\": {}",
+             \"ours_steps_per_s\": {}, \"ours_cpu_steps_per_s\": {}, \"rounds\": {}, \
+             \"ours_rounds\": [{}]",
             r.config,
             r.loss,
             r.threads,
             r.device,
             num(Some(r.ours.wall)),
-            num(r.baseline.as_ref().map(|b| b.wall)),
-            num(r.ratio()),
             num(r.ours.cpu),
-            num(r.baseline.as_ref().and_then(|b| b.cpu)),
-            num(r.cpu_ratio()),
+            r.ours_rounds.len(),
+            list(&r.ours_rounds),
         );
-        if let Some(p) = &r.ours.path {
-            let _ = write!(s, ", \"ours_path\": \"{p}\"");
-        }
-        if r.ratio_rounds.len() > 1 {
-            let list = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+        for v in &r.versus {
+            let b = v.which.name();
             let _ = write!(
                 s,
-                ", \"rounds\": {}, \"ratio_rounds\": [{}], \"ours_rounds\": [{}], \
-                 \"baseline_rounds\": [{}]",
-                r.ratio_rounds.len(),
-                list(&r.ratio_rounds),
-                list(&r.ours_rounds),
-                list(&r.baseline_rounds)
+                ", \"{b}_steps_per_s\": {}, \"{b}_ratio\": {}, \"{b}_cpu_steps_per_s\": {}, \
+                 \"{b}_cpu_ratio\": {}, \"{b}_ratio_rounds\": [{}], \"{b}_rounds\": [{}]",
+                num(Some(v.speed.wall)),
+                num(v.ratio()),
+                num(v.speed.cpu),
+                num(r.cpu_ratio(v)),
+                list(&v.ratio_rounds),
+                list(&v.rounds),
             );
+        }
+        if let Some(p) = &r.ours.path {
+            let _ = write!(s, ", \"ours_path\": \"{p}\"");
         }
         if let Some(un) = r.ours_unsharded {
             let _ = write!(s, ", \"ours_unsharded_steps_per_s\": {}", num(Some(un)));
@@ -369,6 +537,17 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             python.display()
         );
     }
+    let baselines: Vec<Baseline> = if args.compare {
+        args.baseline.clone()
+    } else {
+        Vec::new()
+    };
+    if baselines.contains(&Baseline::Jax) {
+        check_jax(&python)?;
+        if args.device != "cpu" {
+            bail!("--baseline jax runs on the CPU only; drop it or use --device cpu");
+        }
+    }
     // Build once up front (`cargo build --release -p lv-bench --bin lv`), then copy the
     // binary aside: every row of the table is measured with the same build.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -382,7 +561,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     // Same folder depth as target/release/lv, so its $ORIGIN-relative rpath to .libtorch holds.
     let lv = root.join("target/lv-bench/lv");
-    std::fs::create_dir_all(root.join("target/lv-bench"))?;
+    let rows_dir = root.join("target/lv-bench/rows");
+    std::fs::create_dir_all(&rows_dir)?;
     std::fs::copy(root.join("target/release/lv"), &lv)
         .with_context(|| format!("copying the lv binary to {}", lv.display()))?;
     let out = args
@@ -393,7 +573,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut rows = Vec::new();
-    let all = configs(args.quick);
+    let all = configs(args.workloads, args.quick);
     let selected: Vec<&Config> = all
         .iter()
         .filter(|c| args.filter.as_ref().is_none_or(|f| c.label().contains(f)))
@@ -404,26 +584,49 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             device: &args.device,
         };
         for cfg in &selected {
+            let resolved = resolve(root, &lv, &rows_dir, cfg)?;
+            let resolved = resolved.as_deref();
             let lv_row = cfg.loss == "lv";
-            let mut m = Measured::default();
+            let mut m = Measured {
+                baselines: vec![Vec::new(); baselines.len()],
+                ..Default::default()
+            };
             for _ in 0..args.rounds.max(1) {
-                m.ours.push(ours(root, &lv, &run, cfg, &[])?);
+                m.ours.push(ours(root, &lv, &run, cfg, resolved, &[])?);
                 if args.no_replay_too && lv_row {
                     let a = ["--no-replay".into()];
-                    m.no_replay.push(ours(root, &lv, &run, cfg, &a)?.wall);
+                    m.no_replay
+                        .push(ours(root, &lv, &run, cfg, resolved, &a)?.wall);
                 }
                 if args.replay_chunk > 0 && lv_row {
                     let a = ["--replay-rows".into(), args.replay_chunk.to_string()];
-                    m.chunked.push(ours(root, &lv, &run, cfg, &a)?.wall);
+                    m.chunked
+                        .push(ours(root, &lv, &run, cfg, resolved, &a)?.wall);
                 }
                 if args.unsharded_too && threads != 1 {
                     let a = ["--shards".into(), "1".into()];
-                    m.unsharded.push(ours(root, &lv, &run, cfg, &a)?.wall);
+                    m.unsharded
+                        .push(ours(root, &lv, &run, cfg, resolved, &a)?.wall);
                 }
-                if args.compare {
-                    m.baseline.push(baseline(root, &python, &run, cfg)?);
+                for (i, &b) in baselines.iter().enumerate() {
+                    m.baselines[i].push(baseline(root, &python, b, &run, cfg, resolved)?);
                 }
             }
+            let versus = baselines
+                .iter()
+                .zip(&m.baselines)
+                .map(|(&which, speeds)| Versus {
+                    which,
+                    speed: median_speed(speeds),
+                    ratio_rounds: m
+                        .ours
+                        .iter()
+                        .zip(speeds)
+                        .map(|(o, b)| o.wall / b.wall)
+                        .collect(),
+                    rounds: speeds.iter().map(|b| b.wall).collect(),
+                })
+                .collect();
             let row = Row {
                 config: cfg.label(),
                 device: args.device.clone(),
@@ -433,18 +636,11 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                 ours_no_replay: median(&m.no_replay),
                 ours_chunked: median(&m.chunked),
                 ours_unsharded: median(&m.unsharded),
-                baseline: (!m.baseline.is_empty()).then(|| median_speed(&m.baseline)),
-                ratio_rounds: m
-                    .ours
-                    .iter()
-                    .zip(&m.baseline)
-                    .map(|(o, b)| o.wall / b.wall)
-                    .collect(),
+                versus,
                 ours_rounds: m.ours.iter().map(|o| o.wall).collect(),
-                baseline_rounds: m.baseline.iter().map(|b| b.wall).collect(),
             };
-            eprintln!(
-                "{:<28} threads {threads}: ours {:.3} steps/s ({}){}{}{}{}",
+            let mut line = format!(
+                "{:<40} threads {threads}: ours {:.3} steps/s ({}){}{}{}",
                 row.config,
                 row.ours.wall,
                 row.ours.path.as_deref().unwrap_or("?"),
@@ -454,45 +650,79 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                     .map_or(String::new(), |x| format!(" (chunked replay {x:.3})")),
                 row.ours_unsharded
                     .map_or(String::new(), |x| format!(" (unsharded {x:.3})")),
-                row.baseline.as_ref().map_or(String::new(), |x| format!(
-                    ", baseline {:.3}, ratio {}, cpu ratio {}",
-                    x.wall,
-                    fmt_opt(row.ratio(), 2),
-                    fmt_opt(row.cpu_ratio(), 2)
-                )),
             );
+            for v in &row.versus {
+                let _ = write!(
+                    line,
+                    ", {} {:.3} (ratio {}, cpu ratio {})",
+                    v.which.name(),
+                    v.speed.wall,
+                    fmt_opt(v.ratio(), 2),
+                    fmt_opt(row.cpu_ratio(v), 2)
+                );
+            }
+            eprintln!("{line}");
             rows.push(row);
             // Written after every row, so an interrupted run keeps what it measured.
             write_json(&out, &rows)?;
         }
     }
+    let cell = |r: &Row, b: Baseline, speed: bool| {
+        r.versus(b).map_or("-".to_string(), |v| {
+            if speed {
+                format!("{:.3}", v.speed.wall)
+            } else {
+                fmt_opt(v.ratio(), 2)
+            }
+        })
+    };
     println!(
-        "\n{:<28} {:>7} {:>11} {:>10} {:>10} {:>10} {:>11} {:>6} {:>9}",
+        "\n{:<40} {:>7} {:>11} {:>10} {:>10} {:>10} {:>9} {:>6} {:>9} {:>6}",
         "config",
         "threads",
         "ours st/s",
         "no-replay",
         "chunked",
         "unsharded",
-        "baseline",
+        "pytorch",
         "ratio",
-        "cpu ratio"
+        "jax",
+        "ratio"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>7} {:>11.3} {:>10} {:>10} {:>10} {:>11} {:>6} {:>9}",
+            "{:<40} {:>7} {:>11.3} {:>10} {:>10} {:>10} {:>9} {:>6} {:>9} {:>6}",
             r.config,
             r.threads,
             r.ours.wall,
             fmt_opt(r.ours_no_replay, 3),
             fmt_opt(r.ours_chunked, 3),
             fmt_opt(r.ours_unsharded, 3),
-            fmt_opt(r.baseline.as_ref().map(|b| b.wall), 3),
-            fmt_opt(r.ratio(), 2),
-            fmt_opt(r.cpu_ratio(), 2),
+            cell(r, Baseline::Pytorch, true),
+            cell(r, Baseline::Pytorch, false),
+            cell(r, Baseline::Jax, true),
+            cell(r, Baseline::Jax, false),
         );
     }
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Fails with the install command when the python of the baselines lacks jax or optax.
+fn check_jax(python: &Path) -> Result<()> {
+    let ok = Command::new(python)
+        .args(["-c", "import jax, optax"])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?
+        .status
+        .success();
+    if !ok {
+        bail!(
+            "--baseline jax: {} cannot import jax and optax (install them: {} -m pip install jax optax)",
+            python.display(),
+            python.display()
+        );
+    }
     Ok(())
 }
 
@@ -514,9 +744,18 @@ mod tests {
     }
 
     #[test]
-    fn eight_configs() {
-        assert_eq!(configs(false).len(), 8);
-        assert_eq!(configs(true).len(), 4);
-        assert_eq!(configs(false)[1].label(), "pis-lv-gmm9-b2048-n200");
+    fn workloads() {
+        assert_eq!(configs(Workloads::Standard, false).len(), 8);
+        assert_eq!(configs(Workloads::Standard, true).len(), 4);
+        assert_eq!(configs(Workloads::Benchmark, false).len(), 10);
+        assert_eq!(configs(Workloads::All, true).len(), 14);
+        let std = configs(Workloads::Standard, false);
+        assert_eq!(std[1].label(), "pis-lv-gmm9-b2048-n200");
+        assert_eq!(std[1].args(None)[..2], ["--method", "pis"]);
+        let bench = benchmark_configs();
+        assert_eq!(bench[1].label(), "ou_dds-lv_biased-manywell64-b2000-n128");
+        let file = Path::new("rows/x.toml");
+        assert_eq!(bench[1].args(Some(file))[..2], ["--config", "rows/x.toml"]);
+        assert_eq!(bench[9].label(), "ou_dds-lv_biased-manywell32-b2000-n64");
     }
 }

@@ -22,6 +22,10 @@ const TOOLS: &[&str] = &[
     "numpy==2.4.6",
     "scipy==1.17.1",
     "pot==0.9.7.post1",
+    // The JAX speed baseline (benches/baselines/jax_step.py) and its tests.
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "optax==0.2.8",
 ];
 
 /// A Python package of the workspace.

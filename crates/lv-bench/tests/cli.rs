@@ -496,3 +496,54 @@ fn bench_eval_times_the_final_evaluation_and_the_periodic_metrics() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--rounds must be in [1, 1000]"));
 }
+
+#[test]
+fn bench_step_times_a_preset_row_with_its_own_settings() {
+    let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/cpu.toml");
+    let out = lv()
+        .args(["bench-step", "--config"])
+        .arg(&preset)
+        .args([
+            "--row",
+            "ou_dds-lv_biased-robot4",
+            "--batch",
+            "16",
+            "--steps-grid",
+            "8",
+            "--set",
+            "model.mlp.width=8",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"], "ou_dds-lv_biased-robot4-b16-n8");
+    assert_eq!(v["batch"], 16);
+    assert_eq!(v["steps_grid"], 8);
+    assert!(v["last_loss"].as_f64().unwrap().is_finite());
+    // The row names method, loss and target; flags that would contradict it are refused.
+    let bad = lv()
+        .args(["bench-step", "--loss", "kl", "--config"])
+        .arg(&preset)
+        .args(["--row", "ou_dds-lv_biased-robot4"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--loss cannot be combined with --config")
+    );
+    let bad = lv()
+        .args(["bench-step", "--row", "pis-lv-gmm9"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--row and --set need --config"));
+}

@@ -172,14 +172,17 @@ impl BuiltinTarget {
     fn has_sampler(&self) -> bool {
         self.0.sampler().is_some()
     }
-    /// log ρ(x) (unnormalised), float64 `[n]`.
+    /// log ρ(x) (unnormalised), float64 `[n]`. Computed without the GIL, as is the score:
+    /// with torch imported, libtorch's autograd engine is torch's Python engine, which
+    /// refuses to run while the calling thread holds the GIL.
     fn log_density<'py>(
         &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let x = batch(self.0.as_ref(), x)?;
-        let y = self.0.log_density(&x).to_kind(Kind::Double).contiguous();
+        let t = self.0.as_ref();
+        let y = py.allow_threads(move || t.log_density(&x).to_kind(Kind::Double).contiguous());
         let v = Vec::<f64>::try_from(&y).map_err(|e| value_error(e.into()))?;
         Ok(PyArray1::from_vec(py, v))
     }
@@ -190,7 +193,9 @@ impl BuiltinTarget {
         x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let x = batch(self.0.as_ref(), x)?;
-        to_numpy2(py, &self.0.score(&x))
+        let t = self.0.as_ref();
+        let s = py.allow_threads(move || t.score(&x));
+        to_numpy2(py, &s)
     }
     /// The shipped reference samples, or exact samples when the target has a sampler
     /// (`n` of them, seeded); `None` when it has neither.

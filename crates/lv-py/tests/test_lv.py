@@ -58,6 +58,22 @@ def test_registry_targets_on_tensors():
     assert "gmm9" in lv.targets.names() and "robot4" in lv.targets.names()
 
 
+@pytest.mark.parametrize("name", ["mos50", "robot4", "gmm40_50d", "funnel10"])
+def test_registry_scores_by_autograd_run_with_torch_imported(name):
+    # These scores run libtorch's autograd, which with torch imported is torch's Python
+    # engine: it must not be called holding the GIL (it would raise, not compute).
+    t = lv.targets.get(name)
+    x = t.reference_samples(8, seed=1)[:8]
+    g = t.score(x)
+    assert g.shape == x.shape and torch.isfinite(g).all()
+    h = 1e-6
+    for k in [0, t.dim - 1]:
+        e = torch.zeros(t.dim, dtype=torch.float64)
+        e[k] = h
+        fd = (t.log_prob(x + e) - t.log_prob(x - e)) / (2 * h)
+        assert torch.allclose(g[:, k], fd, rtol=1e-3, atol=1e-3 * g.abs().max()), name
+
+
 def test_registry_errors_are_value_errors():
     with pytest.raises(ValueError, match="unknown target `nope`"):
         lv.targets.get("nope")

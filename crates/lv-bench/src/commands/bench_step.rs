@@ -5,33 +5,51 @@
 //! clipping 1.0), runs `--warmup` steps and then times `--iters` steps. The thread count is
 //! the global `--threads` (default 1; 0 = libtorch's default), already applied by `main`.
 //!
+//! With `--config FILE [--row ROW] [--set key=value]…` the run is the one `lv train` would
+//! build from that config or preset row (method, loss, target, network, clips, prior scale,
+//! optimiser and trainer settings as configured); `--batch` and `--steps-grid` then override
+//! `train.batch` and `sde.steps` only when given, and `--method`/`--loss`/`--target` are
+//! refused (the row names them). Without `--config` the run is the standard configuration of
+//! the flags.
+//!
 //! `--breakdown` additionally times the parts of a step (simulation without gradients,
 //! loss with its graph, backward, and the full step) to show what dominates.
 
 use crate::config::RunConfig;
+use crate::preset::load_run_config;
 use anyhow::{Context, Result};
 use lv_core::loss::batch_loss;
 use lv_core::sim::{replay_lv, simulate, Controls, SimOptions};
 use lv_core::train::Trainer;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchStepArgs {
-    /// Sampler: pis, dis, dds, dds_exp, bridge.
-    #[arg(long, default_value = "pis")]
-    pub method: String,
-    /// Loss: lv, kl, kl_ito, lv_traj, moment.
-    #[arg(long, default_value = "lv")]
-    pub loss: String,
-    /// Target registry name (`lv targets`).
-    #[arg(long, default_value = "gmm9")]
-    pub target: String,
-    /// Trajectories per step.
-    #[arg(long, default_value_t = 2048)]
-    pub batch: usize,
-    /// Euler–Maruyama steps of the time grid.
-    #[arg(long, default_value_t = 200)]
-    pub steps_grid: usize,
+    /// Run config or preset file whose run is timed (instead of --method/--loss/--target).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The row of a preset `--config` (`<method>-<loss>-<target>`).
+    #[arg(long)]
+    pub row: Option<String>,
+    /// With `--config`: override a key, `--set model.mlp.width=128` (repeatable).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Sampler: pis, dis, dds, dds_exp, bridge, ou_dds (default pis).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Loss: lv, kl, kl_ito, lv_traj, moment, lv_biased, vargrad (default lv).
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Target registry name (`lv targets`; default gmm9).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Trajectories per step (default 2048, or the config's `train.batch`).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Steps of the time grid (default 200, or the config's `sde.steps`).
+    #[arg(long)]
+    pub steps_grid: Option<usize>,
     /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
@@ -60,32 +78,104 @@ pub struct BenchStepArgs {
     /// batch on all libtorch threads.
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Also report the step's GEMM FLOPs, libtorch's measured sgemm rate on the trunk's
+    /// shapes and the FLOP-limited steps/s they give (LV family, network trunk controls).
+    #[arg(long)]
+    pub flops: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
+/// The GEMM floating-point operations of one LV-family training step on the direct path:
+/// for every linear layer (in → out) of the trunk NN(t, x) the forward X·Wᵀ, the weight
+/// gradient δᵀX and, except for the input layer (the states are detached, so ∂L/∂x is not
+/// needed), the input gradient δ·W, each 2·in·out per row, over the B·N rows of a step:
+/// 6·B·N·Σ in·out − 2·B·N·d·C. The time branches (one row per time step), bias, GELU, the
+/// score and the loss are left out: they are O(B·N·C) against the GEMMs' O(B·N·C²).
+pub fn lv_gemm_flops(dim: usize, mlp: &lv_nets::MlpConfig, rows: usize) -> f64 {
+    let (d, c) = (dim as f64, mlp.width as f64);
+    let hidden = mlp.num_layers.saturating_sub(2) as f64;
+    let sum_in_out = d * c + hidden * c * c + c * d;
+    rows as f64 * (6.0 * sum_in_out - 2.0 * d * c)
+}
+
+/// libtorch's sgemm rate (FLOP/s) on the trunk's hidden-layer shape [rows, C] × [C, C] in
+/// the current thread setting: the median of 5 timings of enough products for ≈ 0.1 s each.
+fn sgemm_rate(rows: i64, width: i64) -> f64 {
+    let a = tch::Tensor::randn([rows, width], (tch::Kind::Float, tch::Device::Cpu));
+    let w = tch::Tensor::randn([width, width], (tch::Kind::Float, tch::Device::Cpu));
+    let out = tch::Tensor::zeros([rows, width], (tch::Kind::Float, tch::Device::Cpu));
+    let flops_one = 2.0 * (rows * width * width) as f64;
+    let reps = ((1e9 / flops_one) as usize).clamp(1, 100_000);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _ = a.mm_out(&out, &w);
+        }
+        rates.push(flops_one * reps as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[2]
+}
+
 /// The configuration label used in tables: `pis-lv-gmm9-b2048-n200`.
-pub fn config_label(a: &BenchStepArgs) -> String {
+pub fn config_label(cfg: &RunConfig) -> String {
     format!(
         "{}-{}-{}-b{}-n{}",
-        a.method, a.loss, a.target, a.batch, a.steps_grid
+        cfg.method, cfg.loss, cfg.target, cfg.train.batch, cfg.sde.steps
     )
+}
+
+/// The run config of the flags: `--config [--row] [--set]` with `--batch`/`--steps-grid`
+/// applied when given, or the standard configuration of `--method/--loss/--target`.
+fn run_config(args: &BenchStepArgs) -> Result<RunConfig> {
+    let steps = (args.warmup + args.iters).max(1);
+    let Some(path) = &args.config else {
+        anyhow::ensure!(
+            args.row.is_none() && args.set.is_empty(),
+            "--row and --set need --config"
+        );
+        let text = format!(
+            "target = {:?}\nmethod = {:?}\nloss = {:?}\n[sde]\nsteps = {}\n[train]\nsteps = {}\nbatch = {}\nreplay = {}\n",
+            args.target.as_deref().unwrap_or("gmm9"),
+            args.method.as_deref().unwrap_or("pis"),
+            args.loss.as_deref().unwrap_or("lv"),
+            args.steps_grid.unwrap_or(200),
+            steps,
+            args.batch.unwrap_or(2048),
+            !args.no_replay,
+        );
+        return RunConfig::parse(&text, &[]).context("bench-step configuration");
+    };
+    for (flag, given) in [
+        ("--method", args.method.is_some()),
+        ("--loss", args.loss.is_some()),
+        ("--target", args.target.is_some()),
+    ] {
+        anyhow::ensure!(
+            !given,
+            "{flag} cannot be combined with --config (the config names it; use --set)"
+        );
+    }
+    let mut set = args.set.clone();
+    set.push(format!("train.steps={steps}"));
+    if let Some(b) = args.batch {
+        set.push(format!("train.batch={b}"));
+    }
+    if let Some(n) = args.steps_grid {
+        set.push(format!("sde.steps={n}"));
+    }
+    if args.no_replay {
+        set.push("train.replay=false".into());
+    }
+    load_run_config(path, args.row.as_deref(), &set)
 }
 
 pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     anyhow::ensure!(args.iters >= 1, "--iters must be ≥ 1");
-    let text = format!(
-        "target = {:?}\nmethod = {:?}\nloss = {:?}\n[sde]\nsteps = {}\n[train]\nsteps = {}\nbatch = {}\nreplay = {}\n",
-        args.target,
-        args.method,
-        args.loss,
-        args.steps_grid,
-        (args.warmup + args.iters).max(1),
-        args.batch,
-        !args.no_replay,
-    );
-    let mut cfg = RunConfig::parse(&text, &[]).context("bench-step configuration")?;
+    let mut cfg = run_config(args)?;
     if let Some(d) = ov.device {
         cfg.device = d;
     }
@@ -137,12 +227,26 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     // Steps per CPU-second of the whole process: robust to other load on a shared machine
     // (with one thread it approximates the steps/s of an idle machine).
     let cpu_steps_per_s = cpu.filter(|&c| c > 0.0).map(|c| args.iters as f64 / c);
+    // The FLOP limit: only for the LV family on a trunk control (score, lerp, clipped).
+    let flops = (args.flops
+        && res.loss.detached()
+        && !matches!(res.cfg.control, Some(lv_nets::ctrl::ControlKind::Potential)))
+    .then(|| {
+        let m = &res.cfg.model.mlp;
+        let rows = res.cfg.train.batch * res.cfg.sde.steps;
+        let mut f = lv_gemm_flops(built.target.dim(), m, rows);
+        if built.v.is_some() {
+            f *= 2.0;
+        }
+        let rate = sgemm_rate(res.cfg.train.batch as i64, m.width);
+        (f, rate, rate / f)
+    });
     let parts = if args.breakdown {
         Some(breakdown(&mut trainer, args.iters.min(5)))
     } else {
         None
     };
-    let label = config_label(args);
+    let label = config_label(&res.cfg);
     let mut lv_path = if res.loss.detached() && args.no_replay {
         "step-by-step".to_string()
     } else {
@@ -155,13 +259,14 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     if args.json {
         let mut obj = serde_json::json!({
             "config": label,
-            "loss": args.loss,
+            "loss": res.cfg.loss.to_string(),
             "threads": threads,
             "steps_per_s": steps_per_s,
-            "method": args.method,
-            "target": args.target,
-            "batch": args.batch,
-            "steps_grid": args.steps_grid,
+            "method": res.cfg.method.to_string(),
+            "target": res.cfg.target,
+            "batch": res.cfg.train.batch,
+            "steps_grid": res.cfg.sde.steps,
+            "row": args.row,
             "iters": args.iters,
             "warmup": args.warmup,
             "replay": !args.no_replay,
@@ -179,6 +284,12 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
         if let Some(p) = &parts {
             obj["breakdown_ms"] = serde_json::to_value(p)?;
         }
+        if let Some((f, rate, limit)) = flops {
+            obj["gemm_flops_per_step"] = f.into();
+            obj["sgemm_flops_per_s"] = rate.into();
+            obj["gemm_limit_steps_per_s"] = limit.into();
+            obj["fraction_of_limit"] = (steps_per_s / limit).into();
+        }
         println!("{obj}");
     } else {
         println!(
@@ -191,6 +302,14 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             for (k, v) in p {
                 println!("  {k:<22} {v:9.1} ms");
             }
+        }
+        if let Some((f, rate, limit)) = flops {
+            println!(
+                "  GEMM {:.2} GFLOP/step at libtorch's sgemm {:.1} GFLOP/s: limit {limit:.3} steps/s, this run {:.0} % of it",
+                f / 1e9,
+                rate / 1e9,
+                100.0 * steps_per_s / limit
+            );
         }
     }
     Ok(())
@@ -334,4 +453,25 @@ fn cpu_seconds() -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lv_gemm_flops;
+
+    #[test]
+    fn gemm_flops_of_the_paper_trunk() {
+        // d = 2, C = 64, 4 layers: Σ in·out = 2·64 + 2·64² + 64·2 = 8448 per row;
+        // 6·8448 − 2·2·64 = 50,432 FLOPs per row, × B·N = 2048 · 200 rows.
+        let m = lv_nets::MlpConfig::default();
+        assert_eq!(lv_gemm_flops(2, &m, 1), 50_432.0);
+        assert_eq!(lv_gemm_flops(2, &m, 2048 * 200), 50_432.0 * 409_600.0);
+        let narrow = lv_nets::MlpConfig {
+            width: 8,
+            num_layers: 2,
+            ..Default::default()
+        };
+        // No hidden layer: 6·(3·8 + 8·3) − 2·3·8 = 240.
+        assert_eq!(lv_gemm_flops(3, &narrow, 1), 240.0);
+    }
 }
