@@ -21,7 +21,9 @@ const LOG_T2_NORM: f64 = -1.5 * std::f64::consts::LN_2;
 /// log ρ(x) = LSE_k Σ_j log t₂(x_j − m_kj) − log K, log t₂(u) = −(3/2)log 2 − (3/2)log(1 + u²/2).
 ///
 /// Locations: `data/mos10_locs_d50.csv` (K = 10, d = 50), U(−10, 10) from JAX `PRNGKey(0)`,
-/// the **legacy threefry variant** (jax < 0.5). Score: autograd default (detached).
+/// the **legacy threefry variant** (jax < 0.5). Score: analytic on the host for float32 CPU
+/// batches without a graph ([`MixtureOfStudents::score_native`]), else autograd (detached, as
+/// the reference code's).
 ///
 /// Exact sampler: uniform component, then m_k + z/√(χ²_ν/ν) per coordinate with z ~ N(0, 1)
 /// and χ²₂ the sum of two squared standard normals.
@@ -61,6 +63,69 @@ impl MixtureOfStudents {
         &self.locs
     }
 
+    /// The analytic score on the host (CPU float32 batches without a graph), per row in f64:
+    ///
+    /// ∇_j log ρ(x) = Σ_k w_k · (−(ν + 1) u_kj / (ν + u_kj²)), u_kj = x_j − m_kj,
+    ///
+    /// w = softmax_k(−(ν+1)/2 · Σ_j log(1 + u_kj²/ν)) with the max trick. The log of each
+    /// component's sum is taken of products of 8 factors (one log per 8 coordinates; a
+    /// product that is not finite falls back to one log per factor). Same value as autograd
+    /// of [`Target::log_density`] to float32 rounding (tests/scores.rs).
+    fn score_native(&self, x: &Tensor) -> Option<Tensor> {
+        let k = self.locs.len();
+        let flat: Vec<f64> = self.locs.iter().flatten().copied().collect();
+        let half_nu1 = (MOS_NU + 1.0) / 2.0;
+        crate::util::native_rows(x, |xr, out| {
+            let d = xr.len();
+            let xs: Vec<f64> = xr.iter().map(|&v| v as f64).collect();
+            let mut logits = [0f64; 64];
+            let mut heap = Vec::new();
+            let l: &mut [f64] = if k <= 64 {
+                &mut logits[..k]
+            } else {
+                heap.resize(k, 0.0);
+                &mut heap
+            };
+            let mut mx = f64::NEG_INFINITY;
+            for (lk, m) in l.iter_mut().zip(flat.chunks_exact(d)) {
+                let mut sum_log = 0f64;
+                for (xc, mc) in xs.chunks(8).zip(m.chunks(8)) {
+                    let prod: f64 = xc
+                        .iter()
+                        .zip(mc)
+                        .map(|(a, b)| 1.0 + (a - b) * (a - b) / MOS_NU)
+                        .product();
+                    sum_log += if prod.is_finite() {
+                        prod.ln()
+                    } else {
+                        xc.iter()
+                            .zip(mc)
+                            .map(|(a, b)| ((a - b) * (a - b) / MOS_NU).ln_1p())
+                            .sum()
+                    };
+                }
+                *lk = -half_nu1 * sum_log;
+                mx = mx.max(*lk);
+            }
+            let mut tot = 0.0;
+            for lk in l.iter_mut() {
+                *lk = (*lk - mx).exp();
+                tot += *lk;
+            }
+            let mut acc = vec![0f64; d];
+            for (w, m) in l.iter().zip(flat.chunks_exact(d)) {
+                let w = w / tot;
+                for ((a, x), mj) in acc.iter_mut().zip(&xs).zip(m) {
+                    let u = x - mj;
+                    *a -= w * (MOS_NU + 1.0) * u / (MOS_NU + u * u);
+                }
+            }
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = *a as f32;
+            }
+        })
+    }
+
     /// Component log-likelihoods Σ_j log t₂(x_j − m_kj), `[n, K]` (for mode assignment).
     pub fn component_log_densities(&self, x: &Tensor) -> Tensor {
         component_sums(x, &self.locs_t.like(x), |u| {
@@ -81,6 +146,15 @@ impl Target for MixtureOfStudents {
     fn log_density(&self, x: &Tensor) -> Tensor {
         let k = self.locs.len() as f64;
         self.component_log_densities(x).logsumexp([-1], false) - k.ln()
+    }
+
+    /// Analytic for float32 CPU batches without a graph
+    /// ([`MixtureOfStudents::score_native`]), else autograd, detached.
+    fn score(&self, x: &Tensor) -> Tensor {
+        match self.score_native(x) {
+            Some(s) => s,
+            None => lv_core::target::autograd_score(|y| self.log_density(y), x),
+        }
     }
 
     /// 0 (normalised).

@@ -33,8 +33,9 @@ pub fn end_effector(theta: &Tensor) -> Tensor {
 /// log ρ(θ) = log N(θ; 0, diag(1, 0.2², …, 0.2²)) + max_g log N(p(θ); g, 0.01² I₂),
 ///
 /// g ∈ {(±7, 0), (0, ±7)}, p the end effector ([`end_effector`]); all terms normalised as in the
-/// reference code, but **log Z is unknown** (`None`). Score: autograd default (the max picks the
-/// active goal).
+/// reference code, but **log Z is unknown** (`None`). Score: analytic on the host for float32
+/// CPU batches without a graph ([`PlanarRobot4::score_native`]), else autograd (detached, as
+/// the reference code's); both take the gradient of the active (nearest) goal's term.
 ///
 /// **Reference samples**: the Robot4 set re-derived from `planar_robot_gt_10k.npz` by rotating
 /// θ₁ by kπ/2 and Gumbel-top-k resampling with JAX key 0 (shared/data README §1), **legacy
@@ -60,6 +61,55 @@ impl PlanarRobot4 {
             prior_std,
             goals: Constant::from_slice(&goals, &[4, 2]),
         }
+    }
+}
+
+impl PlanarRobot4 {
+    /// The analytic score on the host (CPU float32 batches without a graph), per row in f64:
+    /// with φ_i = Σ_{j≤i} θ_j, p = (Σ cos φ_i, Σ sin φ_i), g* the nearest goal (the active
+    /// term of the max; the first on ties) and r = (p − g*)/s²,
+    ///
+    /// ∂log ρ/∂θ_j = −θ_j/std_j² + Σ_{i≥j} (r_x sin φ_i − r_y cos φ_i)
+    ///
+    /// (one suffix sum per row). Same value as autograd of [`Target::log_density`] to float32
+    /// rounding (tests/scores.rs).
+    fn score_native(&self, x: &Tensor) -> Option<Tensor> {
+        let inv_var: Vec<f64> = self.prior_std.iter().map(|s| 1.0 / (s * s)).collect();
+        let inv_s2 = 1.0 / (ROBOT_LIKELIHOOD_STD * ROBOT_LIKELIHOOD_STD);
+        crate::util::native_rows(x, |th, out| {
+            let l = th.len();
+            let mut cos = [0f64; 16];
+            let mut sin = [0f64; 16];
+            let (mut heap_c, mut heap_s) = (Vec::new(), Vec::new());
+            let (c, s): (&mut [f64], &mut [f64]) = if l <= 16 {
+                (&mut cos[..l], &mut sin[..l])
+            } else {
+                heap_c.resize(l, 0.0);
+                heap_s.resize(l, 0.0);
+                (&mut heap_c, &mut heap_s)
+            };
+            let (mut phi, mut px, mut py) = (0f64, 0f64, 0f64);
+            for i in 0..l {
+                phi += th[i] as f64;
+                c[i] = phi.cos();
+                s[i] = phi.sin();
+                px += c[i];
+                py += s[i];
+            }
+            let mut best = (f64::INFINITY, 0.0, 0.0);
+            for g in ROBOT4_GOALS {
+                let d2 = (px - g[0]).powi(2) + (py - g[1]).powi(2);
+                if d2 < best.0 {
+                    best = (d2, g[0], g[1]);
+                }
+            }
+            let (rx, ry) = ((px - best.1) * inv_s2, (py - best.2) * inv_s2);
+            let mut suffix = 0f64;
+            for j in (0..l).rev() {
+                suffix += rx * s[j] - ry * c[j];
+                out[j] = (suffix - th[j] as f64 * inv_var[j]) as f32;
+            }
+        })
     }
 }
 
@@ -93,6 +143,15 @@ impl Target for PlanarRobot4 {
             .sum_dim_intlist(-1, false, None::<Kind>);
         let lik = d2 * (-0.5 / (s * s)) - 2.0 * (HALF_LOG_2PI + s.ln());
         prior + lik.amax([-1], false)
+    }
+
+    /// Analytic for float32 CPU batches without a graph ([`PlanarRobot4::score_native`]),
+    /// else autograd, detached.
+    fn score(&self, x: &Tensor) -> Tensor {
+        match self.score_native(x) {
+            Some(s) => s,
+            None => lv_core::target::autograd_score(|y| self.log_density(y), x),
+        }
     }
 
     /// Unknown.
