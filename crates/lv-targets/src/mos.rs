@@ -67,9 +67,9 @@ impl MixtureOfStudents {
     ///
     /// ∇_j log ρ(x) = Σ_k w_k · (−(ν + 1) u_kj / (ν + u_kj²)), u_kj = x_j − m_kj,
     ///
-    /// w = softmax_k(−(ν+1)/2 · Σ_j log(1 + u_kj²/ν)) with the max trick. The log of each
-    /// component's sum is taken of products of 8 factors (one log per 8 coordinates; a
-    /// product that is not finite falls back to one log per factor). Same value as autograd
+    /// w = softmax_k(−(ν+1)/2 · Σ_j log(1 + u_kj²/ν)) with the max trick. The sum of logs is
+    /// one log of the product of the factors (in f64; one log per component instead of d),
+    /// with one log per factor where the product overflows. Same value as autograd
     /// of [`Target::log_density`] to float32 rounding (tests/scores.rs).
     fn score_native(&self, x: &Tensor) -> Option<Tensor> {
         let k = self.locs.len();
@@ -77,7 +77,18 @@ impl MixtureOfStudents {
         let half_nu1 = (MOS_NU + 1.0) / 2.0;
         crate::util::native_rows(x, |xr, out| {
             let d = xr.len();
-            let xs: Vec<f64> = xr.iter().map(|&v| v as f64).collect();
+            let (mut xs_buf, mut acc_buf) = ([0f64; 64], [0f64; 64]);
+            let (mut xs_heap, mut acc_heap) = (Vec::new(), Vec::new());
+            let (xs, acc): (&mut [f64], &mut [f64]) = if d <= 64 {
+                (&mut xs_buf[..d], &mut acc_buf[..d])
+            } else {
+                xs_heap.resize(d, 0.0);
+                acc_heap.resize(d, 0.0);
+                (&mut xs_heap, &mut acc_heap)
+            };
+            for (v, &r) in xs.iter_mut().zip(xr) {
+                *v = r as f64;
+            }
             let mut logits = [0f64; 64];
             let mut heap = Vec::new();
             let l: &mut [f64] = if k <= 64 {
@@ -88,22 +99,25 @@ impl MixtureOfStudents {
             };
             let mut mx = f64::NEG_INFINITY;
             for (lk, m) in l.iter_mut().zip(flat.chunks_exact(d)) {
-                let mut sum_log = 0f64;
+                // Eight lane products over coordinates j ≡ lane (mod 8), then one log of
+                // their product; logs per lane, or per factor, where a product overflows.
+                let mut lanes = [1f64; 8];
                 for (xc, mc) in xs.chunks(8).zip(m.chunks(8)) {
-                    let prod: f64 = xc
-                        .iter()
-                        .zip(mc)
-                        .map(|(a, b)| 1.0 + (a - b) * (a - b) / MOS_NU)
-                        .product();
-                    sum_log += if prod.is_finite() {
-                        prod.ln()
-                    } else {
-                        xc.iter()
-                            .zip(mc)
-                            .map(|(a, b)| ((a - b) * (a - b) / MOS_NU).ln_1p())
-                            .sum()
-                    };
+                    for ((p, a), b) in lanes.iter_mut().zip(xc).zip(mc) {
+                        *p *= 1.0 + (a - b) * (a - b) / MOS_NU;
+                    }
                 }
+                let total: f64 = lanes.iter().product();
+                let sum_log = if total.is_finite() {
+                    total.ln()
+                } else if lanes.iter().all(|p| p.is_finite()) {
+                    lanes.iter().map(|p| p.ln()).sum()
+                } else {
+                    xs.iter()
+                        .zip(m)
+                        .map(|(a, b)| ((a - b) * (a - b) / MOS_NU).ln_1p())
+                        .sum()
+                };
                 *lk = -half_nu1 * sum_log;
                 mx = mx.max(*lk);
             }
@@ -112,15 +126,14 @@ impl MixtureOfStudents {
                 *lk = (*lk - mx).exp();
                 tot += *lk;
             }
-            let mut acc = vec![0f64; d];
             for (w, m) in l.iter().zip(flat.chunks_exact(d)) {
                 let w = w / tot;
-                for ((a, x), mj) in acc.iter_mut().zip(&xs).zip(m) {
+                for ((a, x), mj) in acc.iter_mut().zip(xs.iter()).zip(m) {
                     let u = x - mj;
                     *a -= w * (MOS_NU + 1.0) * u / (MOS_NU + u * u);
                 }
             }
-            for (o, a) in out.iter_mut().zip(&acc) {
+            for (o, a) in out.iter_mut().zip(acc.iter()) {
                 *o = *a as f32;
             }
         })
