@@ -10,8 +10,10 @@
 //!
 //! Rows run as child processes (`lv train`), `--jobs` at a time. A row whose run folder
 //! holds a `results.json` computed from the same resolved configuration (SHA-256 of the
-//! resolved TOML, stored in `config.sha256`) is skipped; an interrupted row resumes from
-//! its checkpoint. `--force` recomputes.
+//! resolved TOML, stored in `config.sha256`) is skipped, and so is a row recorded for that
+//! configuration in `docs/results/<table>-<preset>-runs/` (the committed record of every
+//! run's results, [`archive`]); an interrupted row resumes from its checkpoint. `--force`
+//! recomputes.
 
 use crate::config::RunConfig;
 use crate::run::{write_atomic, Metric, Overrides};
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod archive;
 mod markdown;
 mod slurm;
 mod summary;
@@ -274,6 +277,7 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
         return emit_slurm(dir, args, &jobs);
     }
     let t0 = Instant::now();
+    let archived = archive::dir(args, &spec);
     if !args.collect_only {
         let mp = MultiProgress::new();
         let overall = mp.add(ProgressBar::new(jobs.len() as u64));
@@ -283,7 +287,7 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
         let row_style = ProgressStyle::with_template("  {prefix:28} {bar:30} {pos}/{len} {msg}")?;
         let mut pending: Vec<&Job> = Vec::new();
         for j in &jobs {
-            if !args.force && is_done(j) {
+            if !args.force && (is_done(j) || archive::lookup(&archived, j).is_some()) {
                 overall.inc(1);
             } else {
                 if args.force {
@@ -336,16 +340,26 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
         }
     }
     let summary = collect(&spec, args, &jobs)?;
+    for j in jobs.iter().filter(|j| is_done(j)) {
+        archive::record(
+            &archived,
+            j,
+            &crate::run::RunResults::read(&j.dir.join("results.json"))?,
+        )?;
+    }
     let md = render_markdown(&spec, args, &jobs, &summary, t0.elapsed().as_secs_f64())?;
     std::fs::create_dir_all(&args.docs)?;
+    // One panel per row, from its first seed whose run folder is on this machine (rows taken
+    // from the record of runs have no samples here).
     let panels: Vec<(String, PathBuf)> = spec
         .rows
         .iter()
         .filter_map(|r| {
             let key = row_key(r);
-            let j = jobs.iter().find(|j| j.key == key)?;
-            let p = j.dir.join("samples.png");
-            p.exists().then(|| (format!("{key} (seed {})", j.seed), p))
+            jobs.iter().filter(|j| j.key == key).find_map(|j| {
+                let p = j.dir.join("samples.png");
+                p.exists().then(|| (format!("{key} (seed {})", j.seed), p))
+            })
         })
         .collect();
     if !panels.is_empty() {

@@ -64,18 +64,26 @@ pub(super) fn doc_rows<'a>(spec: &'a TableSpec, summary: &'a [SummaryRow]) -> Ve
         .collect()
 }
 
-/// Reads every job's results.json into `results/<table>/summary.{json,csv}`.
+/// Reads every job's results into `results/<table>/summary.{json,csv}`: from its run folder
+/// when that was trained with the job's configuration, else from the table's record of runs
+/// ([`super::archive`]) when it holds the job for that configuration, else from whatever
+/// `results.json` the run folder holds (runs from a Slurm array carry no hash).
 pub(super) fn collect(
     spec: &TableSpec,
     args: &ReproduceArgs,
     jobs: &[Job],
 ) -> Result<Vec<SummaryRow>> {
+    let archived = super::archive::dir(args, spec);
     let mut all = Vec::new();
     for j in jobs {
+        let results = match super::archive::lookup(&archived, j) {
+            Some(r) if !super::is_done(j) => r,
+            _ => RunResults::read(&j.dir.join("results.json"))?,
+        };
         all.push(SummaryRow {
             preset: args.preset.clone(),
             row: j.key.clone(),
-            results: RunResults::read(&j.dir.join("results.json"))?,
+            results,
         });
     }
     let dir = args.out.join(&spec.name);
