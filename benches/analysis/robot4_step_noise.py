@@ -1,6 +1,6 @@
 """How far the last time step's noise moves Robot4's end effector, for PIS on a uniform grid
-and for the ou_dds reference (docs/conventions.md, "Why Robot4 and GMM40-50 need the ou_dds
-reference").
+and for the ou_dds reference (docs/conventions.md, "Why Robot4, GMM40-50 and MoS-50 need the
+ou_dds reference").
 
 For joint angles θ with φ_i = Σ_{j≤i} θ_j the end effector is p = (Σ cos φ_i, Σ sin φ_i); its
 Jacobian has columns ∂p/∂θ_j = Σ_{i≥j} (−sin φ_i, cos φ_i). Isotropic noise of variance v per

@@ -340,12 +340,9 @@ pub fn run(args: &ReproduceArgs, ov: &Overrides) -> Result<()> {
         }
     }
     let summary = collect(&spec, args, &jobs)?;
-    for j in jobs.iter().filter(|j| is_done(j)) {
-        archive::record(
-            &archived,
-            j,
-            &crate::run::RunResults::read(&j.dir.join("results.json"))?,
-        )?;
+    // `collect` returns one row per job, in order.
+    for (j, row) in jobs.iter().zip(&summary).filter(|(j, _)| is_done(j)) {
+        archive::record(&archived, j, &row.results)?;
     }
     let md = render_markdown(&spec, args, &jobs, &summary, t0.elapsed().as_secs_f64())?;
     std::fs::create_dir_all(&args.docs)?;

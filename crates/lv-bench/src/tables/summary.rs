@@ -76,9 +76,14 @@ pub(super) fn collect(
     let archived = super::archive::dir(args, spec);
     let mut all = Vec::new();
     for j in jobs {
-        let results = match super::archive::lookup(&archived, j) {
-            Some(r) if !super::is_done(j) => r,
-            _ => RunResults::read(&j.dir.join("results.json"))?,
+        let recorded = if super::is_done(j) {
+            None
+        } else {
+            super::archive::lookup(&archived, j)
+        };
+        let results = match recorded {
+            Some(r) => r,
+            None => RunResults::read(&j.dir.join("results.json"))?,
         };
         all.push(SummaryRow {
             preset: args.preset.clone(),
