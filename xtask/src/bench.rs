@@ -6,7 +6,7 @@
 //! Beyond-ELBOs).
 //!
 //! Configurations (`--workloads`): `standard` = {pis-gmm9, dis-funnel10} × {lv, kl} ×
-//! {b256-n100, b2048-n200}; `benchmark` = rows of the `cpu` preset at B = 2000 (PIS-LV and
+//! {b256-n100, b2048-n200} (ours runs KL on the adjoint path, `bench-step --kl-adjoint`); `benchmark` = rows of the `cpu` preset at B = 2000 (PIS-LV and
 //! RSMC's ou_dds + lv_biased on manywell64, gmm40_50d, mos50, robot4 at N = 128; the
 //! gradient-free RSMC rows funnel10_clip30 and manywell32 at N = 64), each resolved once by
 //! `lv config show` into `target/lv-bench/rows/<label>.toml`, the file both `lv bench-step
@@ -591,8 +591,15 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
                 baselines: vec![Vec::new(); baselines.len()],
                 ..Default::default()
             };
+            // KL rows: ours on the adjoint path (native trunk, no graph of the trajectory).
+            let ours_extra: Vec<String> = if cfg.loss.starts_with("kl") {
+                vec!["--kl-adjoint".into()]
+            } else {
+                Vec::new()
+            };
             for _ in 0..args.rounds.max(1) {
-                m.ours.push(ours(root, &lv, &run, cfg, resolved, &[])?);
+                m.ours
+                    .push(ours(root, &lv, &run, cfg, resolved, &ours_extra)?);
                 if args.no_replay_too && lv_row {
                     let a = ["--no-replay".into()];
                     m.no_replay

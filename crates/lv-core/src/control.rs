@@ -77,6 +77,23 @@ pub trait Control {
     /// Ends tape mode without adding gradients. Default: no-op.
     fn drop_tape(&self) {}
 
+    /// The adjoint of one taped evaluation, for gradients through the states (the KL family
+    /// on the native path, [`crate::sim::AdjointRecord`]): pops the most recent evaluation
+    /// since [`Control::start_tape`] that was not popped yet, adds the parameter gradients of
+    /// ⟨δ, u⟩ for the cotangent `delta` = ∂L/∂u (`[n, d]`) to what [`Control::finish_tape`]
+    /// applies, and returns ∂L/∂x and, for controls that take the target score, ∂L/∂score
+    /// (the caller chains it through the score's Jacobian where the score depends on x).
+    /// Evaluations are popped from the last to the first. Default: `None` (unsupported).
+    fn tape_vjp(&self, _delta: &Tensor) -> Option<TapeVjp> {
+        None
+    }
+
+    /// Whether [`Control::tape_vjp`] works after [`Control::start_tape`] (no side effects).
+    /// Default: `false`.
+    fn tape_vjp_supported(&self) -> bool {
+        false
+    }
+
     /// A copy for another thread (batch-sharded training, [`crate::train`]): the same
     /// function, with parameters that are fresh autograd leaves *sharing storage* with this
     /// control's (so evaluations agree exactly), its own caches and tape, and
@@ -86,6 +103,14 @@ pub trait Control {
     fn fork(&self) -> Option<Box<dyn Control + Send>> {
         None
     }
+}
+
+/// The input cotangents of one taped evaluation u(t, x, score) ([`Control::tape_vjp`]).
+pub struct TapeVjp {
+    /// ∂L/∂x, `[n, d]` (through the network and any term of u linear in x).
+    pub x: Tensor,
+    /// ∂L/∂score, `[n, d]`, when u takes the target score.
+    pub score: Option<Tensor>,
 }
 
 /// A control that is the gradient of a learned scalar Φ(t, x) (potential parametrisation,
@@ -155,6 +180,12 @@ macro_rules! delegate_control {
             }
             fn drop_tape(&self) {
                 (**self).drop_tape()
+            }
+            fn tape_vjp(&self, delta: &Tensor) -> Option<TapeVjp> {
+                (**self).tape_vjp(delta)
+            }
+            fn tape_vjp_supported(&self) -> bool {
+                (**self).tape_vjp_supported()
             }
             fn fork(&self) -> Option<Box<dyn Control + Send>> {
                 (**self).fork()

@@ -8,7 +8,7 @@ use lv_core::method::Method;
 use lv_core::sim::Controls;
 use lv_core::testing::{assert_grads_close, rng_lock, ScaledGauss};
 use lv_core::train::{GradPath, TrainSettings, Trainer};
-use lv_core::Control;
+use lv_core::{Control, Target};
 use lv_nets::{
     CtrlConfig, FourierMlp, LerpCtrl, LerpPriorCtrl, LerpTargetCtrl, MlpConfig, ScoreCtrl,
 };
@@ -371,6 +371,114 @@ fn direct_lv_with_native_trunk_matches_autograd() {
     }
 }
 
+/// [`ScaledGauss`] with its score detached from the graph of x (as the generic autograd
+/// score of spec §6.6): the adjoint path must then treat the score as a constant input, as
+/// the graph path does.
+struct DetachedScore(ScaledGauss);
+
+impl Target for DetachedScore {
+    fn name(&self) -> &str {
+        "scaled_gauss_detached_score"
+    }
+    fn dim(&self) -> usize {
+        self.0.dim
+    }
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        self.0.log_density(x)
+    }
+    fn score(&self, x: &Tensor) -> Tensor {
+        self.0.score(&x.detach())
+    }
+    fn log_z(&self) -> Option<f64> {
+        self.0.log_z()
+    }
+    fn domain(&self) -> Vec<(f64, f64)> {
+        self.0.domain()
+    }
+}
+
+/// One KL-family batch of 32 on the graph path (`native` false) or the adjoint path
+/// (asserted): the loss and the control's gradients.
+fn kl_grads(
+    meth: &Method,
+    target: &dyn Target,
+    ctrl: &dyn Control,
+    loss: LossKind,
+    native: bool,
+) -> (f64, Vec<Tensor>) {
+    let s = TrainSettings {
+        batch: 32,
+        native_trunk: native,
+        kl_adjoint: native,
+        ..TrainSettings::default()
+    };
+    let expect = if native {
+        GradPath::Adjoint
+    } else {
+        GradPath::Graph
+    };
+    let mut tr = Trainer::new(
+        meth,
+        target,
+        Controls::new(ctrl),
+        loss,
+        s,
+        Device::Cpu,
+        None,
+    );
+    assert_eq!(tr.grad_path(), expect);
+    tr.adam.zero_grad();
+    tch::manual_seed(11);
+    let (l, _, done) = tr.batch_loss();
+    if !done {
+        l.backward();
+    }
+    (l.double_value(&[]), grads(&ctrl.parameters()))
+}
+
+/// KL and KL-Itô on the adjoint path (native trunk, no graph of the trajectory) give the
+/// loss and the parameter gradients of autograd through the whole simulation: PIS
+/// (ScoreCtrl, reference form: the reference control's x term), DIS (LerpCtrl: the head's x
+/// and score terms), and RSMC's ou_dds kernel; with a score in the graph of x (the
+/// Hessian–vector product of the adjoint) and with a detached score.
+#[test]
+fn kl_adjoint_matches_graph() {
+    let _rng = rng_lock();
+    let gauss = ScaledGauss {
+        dim: 3,
+        mean: 0.5,
+        std: 1.2,
+        log_z: 0.3,
+    };
+    let detached = DetachedScore(gauss.clone());
+    let targets: [(&dyn Target, &str); 2] =
+        [(&gauss, "score in graph"), (&detached, "detached score")];
+    for (target, tname) in targets {
+        for loss in [LossKind::Kl, LossKind::KlIto] {
+            for pis in [false, true] {
+                let (meth, _vs, ctrl) = sampler(pis, 3, 30, 3);
+                let what = format!("{} {loss:?} {tname}", if pis { "PIS" } else { "DIS" });
+                let (l0, g0) = kl_grads(&meth, target, ctrl.as_ref(), loss, false);
+                let (l1, g1) = kl_grads(&meth, target, ctrl.as_ref(), loss, true);
+                assert!(
+                    (l0 - l1).abs() <= 1e-5 * (1.0 + l0.abs()),
+                    "{what}: loss {l0} vs {l1}"
+                );
+                assert_grads_close(&g0, &g1, 1e-4, &what);
+            }
+        }
+        tch::manual_seed(3);
+        let vs = VarStore::new(Device::Cpu);
+        let ctrl = ScoreCtrl::new(&vs.root(), 3, &CtrlConfig::default()).unwrap();
+        randomize(&vs);
+        let meth = Method::ou_dds(30, 2.0, 6.0).unwrap();
+        let (l0, g0) = kl_grads(&meth, target, &ctrl, LossKind::Kl, false);
+        let (l1, g1) = kl_grads(&meth, target, &ctrl, LossKind::Kl, true);
+        assert!((l0 - l1).abs() <= 1e-5 * (1.0 + l0.abs()), "ou_dds {tname}");
+        assert_grads_close(&g0, &g1, 1e-4, &format!("ou_dds KL {tname}"));
+    }
+}
+
 /// RSMC's `ou_dds` kernel: the direct path (fused host update, with and without the native
 /// trunk) gives the gradients of the one-piece replay, for the paper's LV and RSMC's biased
 /// variance.
@@ -428,7 +536,8 @@ fn batch_shards_match_one_batch() {
                 true,
                 GradPath::Direct { native: true },
             ),
-            (LossKind::Kl, true, GradPath::Graph),
+            (LossKind::Kl, true, GradPath::Adjoint),
+            (LossKind::Kl, false, GradPath::Graph),
         ];
         for (loss, native, path) in cases {
             let run = |shards: usize| -> (f64, Vec<Tensor>) {
@@ -436,6 +545,7 @@ fn batch_shards_match_one_batch() {
                     batch: 64,
                     replay_rows: 4, // the direct path without the native trunk too
                     native_trunk: native,
+                    kl_adjoint: native,
                     batch_shards: shards,
                     ..TrainSettings::default()
                 };

@@ -69,7 +69,8 @@ impl MixtureOfStudents {
     ///
     /// w = softmax_k(−(ν+1)/2 · Σ_j log(1 + u_kj²/ν)) with the max trick. The sum of logs is
     /// one log of the product of the factors (in f64; one log per component instead of d),
-    /// with one log per factor where the product overflows. Same value as autograd
+    /// with one log per factor where the product overflows; components whose weight
+    /// underflows to 0 are skipped. Same value as autograd
     /// of [`Target::log_density`] to float32 rounding (tests/scores.rs).
     fn score_native(&self, x: &Tensor) -> Option<Tensor> {
         let k = self.locs.len();
@@ -123,10 +124,15 @@ impl MixtureOfStudents {
             }
             let mut tot = 0.0;
             for lk in l.iter_mut() {
-                *lk = (*lk - mx).exp();
+                // exp(z) is exactly 0 below −745.13 (not computed).
+                let z = *lk - mx;
+                *lk = if z < -745.2 { 0.0 } else { z.exp() };
                 tot += *lk;
             }
             for (w, m) in l.iter().zip(flat.chunks_exact(d)) {
+                if *w == 0.0 {
+                    continue; // its terms are ±0: the sums are unchanged
+                }
                 let w = w / tot;
                 for ((a, x), mj) in acc.iter_mut().zip(xs.iter()).zip(m) {
                     let u = x - mj;

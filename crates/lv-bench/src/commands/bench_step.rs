@@ -74,6 +74,10 @@ pub struct BenchStepArgs {
     /// (`train.native_trunk = false`).
     #[arg(long)]
     pub no_native: bool,
+    /// KL family: the adjoint path with the native trunk (`train.kl_adjoint = true`)
+    /// instead of autograd through the trajectory.
+    #[arg(long, conflicts_with = "no_native")]
+    pub kl_adjoint: bool,
     /// Batch shards (`train.batch_shards`): 0 = auto (one per thread when it pays), 1 = one
     /// batch on all libtorch threads.
     #[arg(long)]
@@ -199,6 +203,9 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
     if args.no_native {
         settings.native_trunk = false;
     }
+    if args.kl_adjoint {
+        settings.kl_adjoint = true;
+    }
     if let Some(s) = args.shards {
         settings.batch_shards = s;
     }
@@ -273,6 +280,7 @@ pub fn run(args: &BenchStepArgs, ov: &crate::run::Overrides) -> Result<()> {
             "replay_rows": args.replay_rows,
             "lv_direct": !args.no_direct,
             "native_trunk": !args.no_native,
+            "kl_adjoint": args.kl_adjoint,
             "lv_path": lv_path,
             "batch_shards": shards,
             "seconds": secs,

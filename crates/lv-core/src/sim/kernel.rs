@@ -92,6 +92,18 @@ impl StepKernel {
         }
     }
 
+    /// (∂X_{k+1}/∂X_k, ∂X_{k+1}/∂w_k) of [`StepKernel::advance`], both multiples of the
+    /// identity: (1 + a_kΔ_k, σ_kΔ_k) for the Euler forms, (decay, gain) for the linear ones.
+    pub(crate) fn state_derivatives(&self) -> (f64, f64) {
+        match *self {
+            StepKernel::Euler { dt, sigma, a, .. } => (1.0 + a * dt, sigma * dt),
+            StepKernel::Exp { .. } | StepKernel::Discrete { .. } => {
+                let (decay, gain, _) = self.linear().expect("a linear form");
+                (decay, gain)
+            }
+        }
+    }
+
     /// q_k, the multiplier of the quadratic term: Δ_k, or β_k²s².
     pub(crate) fn quad(&self) -> f64 {
         match *self {

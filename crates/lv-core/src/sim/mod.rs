@@ -30,11 +30,13 @@
 //!   LV is a valid divergence for any such path measure (spec §2, "off-policy view"); KL is
 //!   not.
 
+mod adjoint;
 mod fused;
 mod kernel;
 mod replay;
 mod step;
 
+pub use adjoint::AdjointRecord;
 pub use replay::{replay_lv, replay_lv_steps};
 pub use step::simulate_with_noise;
 
@@ -128,6 +130,10 @@ pub struct SimOptions {
     /// LV only (no inference control): keep each live control value u_k with its graph and
     /// the derivative ∂R/∂u_k, and accumulate R without a graph ([`KeptControls`]).
     pub keep_controls: bool,
+    /// KL modes only (no inference control, no subspace): simulate without a graph, with
+    /// the control in tape mode, and keep what the adjoint backward needs
+    /// ([`AdjointRecord`]).
+    pub adjoint: bool,
 }
 
 impl SimOptions {
@@ -138,6 +144,7 @@ impl SimOptions {
             record: false,
             boundary_terms: true,
             keep_controls: false,
+            adjoint: false,
         }
     }
 }
@@ -212,6 +219,8 @@ pub struct SimOutput {
     pub recording: Option<Recording>,
     /// The live controls and ∂R/∂u_k, when asked for.
     pub kept: Option<KeptControls>,
+    /// The record for the adjoint backward, when asked for ([`SimOptions::adjoint`]).
+    pub adjoint: Option<AdjointRecord>,
 }
 
 fn rowdot(a: &Tensor, b: &Tensor) -> Tensor {

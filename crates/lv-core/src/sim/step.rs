@@ -57,6 +57,7 @@ pub fn simulate_with_noise(
     );
     let lam = opts.noise_scale;
     let keep = opts.keep_controls;
+    let adjoint = opts.adjoint;
     // Particle systems: states, noises and controls live in the zero-CoM subspace.
     let zc = target.zero_com();
     assert!(
@@ -71,6 +72,11 @@ pub fn simulate_with_noise(
         !keep || (mode == Mode::Lv && controls.v.is_none()),
         "keep_controls needs the LV mode and no inference control"
     );
+    assert!(
+        !adjoint || (mode.grad_through_x() && controls.v.is_none() && zc.is_none() && !keep),
+        "the adjoint recording needs a KL mode, no inference control and no subspace"
+    );
+    let mut adj_steps = Vec::new();
     let mut kept_u = Vec::new();
     let mut kept_c = Vec::new();
     // The kept-controls path on CPU float32 updates X and R in one host pass per step.
@@ -108,7 +114,7 @@ pub fn simulate_with_noise(
         let t = grid.points()[k];
         let dt = grid.dt(k);
         let kernel = StepKernel::new(method, t, dt, lam);
-        let xk = if mode.grad_through_x() {
+        let xk = if mode.grad_through_x() && !adjoint {
             x.shallow_clone()
         } else {
             x.detach()
@@ -145,6 +151,14 @@ pub fn simulate_with_noise(
             let live = u;
             u = live.detach();
             kept_u.push(live);
+        }
+        if adjoint {
+            // The tape holds this evaluation; its backward comes from the adjoint.
+            assert!(
+                u.requires_grad() && u.is_leaf(),
+                "adjoint recording: the control did not tape its evaluation at t = {t}"
+            );
+            u = u.detach();
         }
         let w = if mode.grad_through_x() {
             u.shallow_clone()
@@ -191,6 +205,14 @@ pub fn simulate_with_noise(
             r += rowdot(&diff, &ito_noise) * kernel.ito_scale();
         }
         x = kernel.advance(&xk, &w, &ito_noise);
+        if adjoint {
+            adj_steps.push(super::adjoint::AdjointStep {
+                kernel,
+                x: xk.shallow_clone(),
+                u: u.shallow_clone(),
+                ito_noise: ito_noise.shallow_clone(),
+            });
+        }
         if keep {
             kept_c.push(&ito_noise * kernel.ito_scale());
         }
@@ -226,6 +248,11 @@ pub fn simulate_with_noise(
             zero_com: zc,
         }
     });
+    let adjoint = adjoint.then(|| super::adjoint::AdjointRecord {
+        steps: adj_steps,
+        x_final: x.shallow_clone(),
+        ito: mode.ito(),
+    });
     SimOutput {
         rnd: r,
         x_final: x,
@@ -234,5 +261,6 @@ pub fn simulate_with_noise(
             us: kept_u,
             coefs: kept_c,
         }),
+        adjoint,
     }
 }

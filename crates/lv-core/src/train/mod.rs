@@ -197,7 +197,14 @@ impl<'a> Trainer<'a> {
     /// How [`Trainer::batch_loss`] obtains the gradient of a full-trajectory batch with the
     /// current settings (sub-trajectory training aside).
     pub fn grad_path(&self) -> GradPath {
-        if !self.loss.detached() || !self.settings.replay {
+        if !self.loss.detached() {
+            return if self.adjoint_ok() {
+                GradPath::Adjoint
+            } else {
+                GradPath::Graph
+            };
+        }
+        if !self.settings.replay {
             return GradPath::Graph;
         }
         let rows = self.method.grid.steps() * self.batch_rows();
@@ -216,6 +223,18 @@ impl<'a> Trainer<'a> {
                 chunk_rows: large.then_some(chunk),
             }
         }
+    }
+
+    /// Whether the KL family takes the adjoint path ([`GradPath::Adjoint`]): `kl_adjoint`
+    /// and the native trunk are on, the control supports [`Control::tape_vjp`], there is no
+    /// inference control and no zero-centre-of-mass subspace, and the batch lives on the CPU.
+    fn adjoint_ok(&self) -> bool {
+        self.settings.kl_adjoint
+            && self.settings.native_trunk
+            && self.device == Device::Cpu
+            && self.controls.v.is_none()
+            && self.target.zero_com().is_none()
+            && self.controls.u.tape_vjp_supported()
     }
 
     /// Number of batch shards of the full-trajectory paths with the current settings
@@ -270,7 +289,10 @@ impl<'a> Trainer<'a> {
     fn wanted_shards(&self, rows: usize) -> usize {
         if self.device != Device::Cpu
             || self.controls.v.is_some()
-            || !matches!(self.grad_path(), GradPath::Direct { .. } | GradPath::Graph)
+            || !matches!(
+                self.grad_path(),
+                GradPath::Direct { .. } | GradPath::Graph | GradPath::Adjoint
+            )
         {
             return 1;
         }
@@ -338,6 +360,7 @@ impl<'a> Trainer<'a> {
             (Some(forks), _) => self.sharded_loss(&x0, opts, path, forks, &loss_of),
             (None, GradPath::Graph) => self.graph_loss(&x0, opts, &loss_of),
             (None, GradPath::Direct { native }) => self.direct_loss(&x0, opts, native, &loss_of),
+            (None, GradPath::Adjoint) => self.adjoint_loss(&x0, opts, &loss_of),
             (None, GradPath::Replay { chunk_rows }) => {
                 self.replay_loss(&x0, opts, chunk_rows, &loss_of)
             }
@@ -450,12 +473,16 @@ pub enum GradPath {
     Direct { native: bool },
     /// The batched replay, in chunks of `chunk_rows` rows or (`None`) in one piece.
     Replay { chunk_rows: Option<usize> },
+    /// The KL family without a graph of the trajectory: the control's network in tape mode
+    /// and the adjoint backward through the states ([`crate::sim::AdjointRecord`]).
+    Adjoint,
 }
 
 impl std::fmt::Display for GradPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GradPath::Graph => write!(f, "graph"),
+            GradPath::Adjoint => write!(f, "adjoint, native net"),
             GradPath::Direct { native: true } => write!(f, "direct, native net"),
             GradPath::Direct { native: false } => write!(f, "direct"),
             GradPath::Replay { chunk_rows: None } => write!(f, "replay"),

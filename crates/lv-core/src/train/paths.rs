@@ -47,6 +47,27 @@ impl Trainer<'_> {
         (detached(lv), true)
     }
 
+    /// [`GradPath::Adjoint`]: the KL-family simulation without a graph, the control taping
+    /// its evaluations; g = dL/dR on a leaf copy of R, then the adjoint backward through the
+    /// states ([`crate::sim::AdjointRecord::backward`]) and the tape's parameter gradients.
+    pub(super) fn adjoint_loss(
+        &self,
+        x0: &Tensor,
+        mut opts: SimOptions,
+        loss_of: LossOf,
+    ) -> (LossValue, bool) {
+        opts.adjoint = true;
+        let tape = TapeGuard::start(self.controls.u, true);
+        let out = simulate(self.method, self.target, self.controls, x0, opts);
+        let rec = out.adjoint.expect("adjoint recording requested");
+        let r_leaf = out.rnd.detach().set_requires_grad(true);
+        let lv = loss_of(&r_leaf);
+        lv.loss.backward();
+        rec.backward(self.method, self.target, self.controls.u, &r_leaf.grad());
+        tape.finish();
+        (detached(lv), true)
+    }
+
     /// [`GradPath::Replay`]: the simulation without a graph, recorded, then the batched
     /// replay of R with the live controls. In one piece the caller backpropagates the loss;
     /// in chunks of `chunk_rows` rows, g = dL/dR on a leaf copy of R and
@@ -85,7 +106,7 @@ impl Trainer<'_> {
         (detached(lv), true)
     }
 
-    /// The graph or direct path split into row shards, one forked control and thread each
+    /// The graph, direct or adjoint path split into row shards, one forked control and thread each
     /// ([`ShardRun`]); the forks' gradients are added to the control's. The noise of the
     /// whole batch is drawn here, so results do not depend on thread scheduling.
     pub(super) fn sharded_loss(
@@ -103,6 +124,7 @@ impl Trainer<'_> {
         if direct.is_some() {
             opts.keep_controls = true;
         }
+        opts.adjoint = path == GradPath::Adjoint;
         let (n, d) = (x0.size()[0], x0.size()[1]);
         let noise = Tensor::randn(
             [self.method.grid.steps() as i64, n, d],

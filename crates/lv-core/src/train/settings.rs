@@ -66,6 +66,15 @@ pub struct TrainSettings {
     /// no autograd graph for the trunk). Same gradients to float32 rounding; `false` keeps
     /// the whole step in autograd.
     pub native_trunk: bool,
+    /// With `native_trunk`: train the KL family on the adjoint path
+    /// ([`super::GradPath::Adjoint`]: the control's network in tape mode, no graph of the
+    /// trajectory, the gradient through the states by the adjoint recursion of
+    /// [`crate::sim::AdjointRecord`]). Same gradients as the graph path to float32 rounding
+    /// (tests/grad_paths.rs in lv-nets). Off by default, so that KL runs reproduce the
+    /// committed tables, which the graph path trained; serialised only when on (so configs
+    /// without it keep their hashes).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kl_adjoint: bool,
     /// Batch shards for the full-trajectory paths (direct LV and the graph path of KL,
     /// moment and LV without replay) on CPU: the batch is split into this many row blocks,
     /// each simulated and backpropagated on its own thread with one libtorch thread, using a
@@ -188,6 +197,7 @@ impl Default for TrainSettings {
             lv_direct: true,
             lv_direct_max_rows: 2_000_000,
             native_trunk: true,
+            kl_adjoint: false,
             batch_shards: 0,
             explore_scale: 1.0,
             explore_steps: 0,

@@ -21,7 +21,7 @@ pub(super) struct ShardRun<'a> {
     pub(super) target: &'a dyn Target,
     pub(super) opts: SimOptions,
     /// `Some(native)`: the direct LV path (kept controls, tape if `native`); `None`: the
-    /// graph path.
+    /// graph path, or the adjoint path when `opts.adjoint` is set.
     pub(super) direct: Option<bool>,
 }
 
@@ -107,7 +107,7 @@ impl ShardRun<'_> {
         rx_g: std::sync::mpsc::Receiver<Tensor>,
     ) {
         let controls = Controls::new(&*shard.u);
-        let tape = TapeGuard::start(controls.u, self.direct == Some(true));
+        let tape = TapeGuard::start(controls.u, self.direct == Some(true) || self.opts.adjoint);
         let out = simulate_with_noise(
             self.method,
             &self.method.grid,
@@ -120,9 +120,10 @@ impl ShardRun<'_> {
         let _ = tx_r.send((i, out.rnd.detach()));
         drop(tx_r);
         if let Ok(g) = rx_g.recv() {
-            match &out.kept {
-                Some(kept) => kept.backward(&g),
-                None => (&out.rnd * g).sum(Kind::Float).backward(),
+            match (&out.kept, out.adjoint) {
+                (Some(kept), _) => kept.backward(&g),
+                (None, Some(rec)) => rec.backward(self.method, self.target, controls.u, &g),
+                (None, None) => (&out.rnd * g).sum(Kind::Float).backward(),
             }
             tape.finish();
         }

@@ -326,6 +326,12 @@ macro_rules! delegate_control {
             fn drop_tape(&self) {
                 self.0.drop_tape()
             }
+            fn tape_vjp(&self, delta: &Tensor) -> Option<lv_core::control::TapeVjp> {
+                self.0.tape_vjp(delta)
+            }
+            fn tape_vjp_supported(&self) -> bool {
+                self.0.tape_vjp_supported()
+            }
             fn fork(&self) -> Option<Box<dyn Control + Send>> {
                 Some(Box::new(Self(self.0.forked())))
             }

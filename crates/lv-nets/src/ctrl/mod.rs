@@ -180,6 +180,12 @@ macro_rules! net_tape {
         fn drop_tape(&self) {
             self.net.drop_tape()
         }
+        fn tape_vjp(&self, delta: &Tensor) -> Option<lv_core::control::TapeVjp> {
+            self.net.tape_vjp(delta)
+        }
+        fn tape_vjp_supported(&self) -> bool {
+            self.net.tape_supported()
+        }
     };
 }
 

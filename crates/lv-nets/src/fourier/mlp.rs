@@ -267,6 +267,21 @@ impl FourierMlp {
         });
     }
 
+    /// The backward of the most recent taped evaluation not popped yet, for the cotangent
+    /// `delta` = ∂L/∂(leaf) (`[n, d_out]`): its parameter gradients join those that
+    /// [`FourierMlp::finish_tape`] applies, and the input cotangents ∂L/∂x (trunk and head x
+    /// term) and ∂L/∂score (head score term) are returned ([`lv_core::Control::tape_vjp`]).
+    /// `None` without a tape or a step left.
+    pub fn tape_vjp(&self, delta: &Tensor) -> Option<lv_core::control::TapeVjp> {
+        let mut guard = lock(&self.tape);
+        let g = guard.as_mut()?.pop_backward(delta)?;
+        let n = delta.size()[0];
+        Some(lv_core::control::TapeVjp {
+            x: g.x,
+            score: g.score.map(|v| Tensor::from_slice(&v).view([n, -1])),
+        })
+    }
+
     /// Ends tape mode without a backward (e.g. after an error).
     pub fn drop_tape(&self) {
         if let Some(tape) = lock(&self.tape).take() {

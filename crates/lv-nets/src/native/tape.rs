@@ -24,8 +24,38 @@ struct TapeStep {
     buf: Vec<f32>,
     /// For a clipped output: where the clamp passes the gradient (`[n, d_out]`).
     mask: Option<Vec<bool>>,
-    /// With a [`Head`]: the clipped head input z_c = clamp(z, ±c_s), `[n, d_out]`.
-    head_z: Option<Vec<f32>>,
+    /// With a [`Head`]: what its backward needs.
+    head: Option<HeadRecord>,
+}
+
+/// The head of one taped step: the clipped input z_c = clamp(z, ±c_s) (`[n, d_out]`), where
+/// the clamp passes the gradient (|z| ≤ c_s, false for NaN), and the coefficients of z.
+struct HeadRecord {
+    z_c: Vec<f32>,
+    pass: Vec<bool>,
+    x_coef: Option<f32>,
+    /// None: no score term; Some(None): the score as it is; Some(Some(β)): β·score.
+    score_coef: Option<Option<f32>>,
+}
+
+/// The input cotangents of one taped evaluation ([`TrunkTape::pop_backward`]): ∂L/∂x
+/// (`[n, d]`, through the trunk and the head's x term) and ∂L/∂score (`[n, d_out]`, the
+/// head's score term), for a cotangent δ = ∂L/∂u of the leaf.
+pub(crate) struct InputGrads {
+    pub x: Tensor,
+    pub score: Option<Vec<f32>>,
+}
+
+/// Parameter-gradient sums over the backward steps: per layer ∂W (`[out, in]`) and ∂b
+/// (float64 across steps), the embeddings' `[K, C]` and the head values' `[K, out]`.
+struct GradAcc {
+    gw: Vec<Tensor>,
+    gb: Vec<Vec<f64>>,
+    gemb: Vec<f32>,
+    ghead: Vec<f64>,
+    /// Scratch `[n, C]` buffers of the backward (reused across steps).
+    da: Vec<f32>,
+    dh: Vec<f32>,
 }
 
 /// The additive head of the Langevin-preconditioned controls, evaluated inside the tape's
@@ -60,6 +90,10 @@ pub(crate) struct TrunkTape {
     steps: Vec<TapeStep>,
     /// Head values `[K, out]` (captured at the first step with a [`Head`]) and `out`.
     head: Option<(Vec<f32>, usize)>,
+    /// Gradient sums of the steps already backpropagated ([`TrunkTape::pop_backward`]).
+    acc: Option<GradAcc>,
+    /// Buffers of the popped steps (given back by [`TrunkTape::backward`]).
+    spent: Vec<Vec<f32>>,
 }
 
 impl std::fmt::Debug for TrunkTape {
@@ -89,6 +123,8 @@ impl TrunkTape {
             emb: None,
             steps: Vec::new(),
             head: None,
+            acc: None,
+            spent: Vec::new(),
         }
     }
 
@@ -151,7 +187,7 @@ impl TrunkTape {
         let e = &emb[k * c..(k + 1) * c];
         let bias0: Vec<f32> = self.layers[0].b.iter().zip(e).map(|(b, e)| b + e).collect();
         let mut mask = Vec::new();
-        let mut head_z = None;
+        let mut head_rec = None;
         let out = tch::no_grad(|| {
             for l in 0..nl {
                 let (prev, cur) = acts.split_at_mut(l * n * c);
@@ -182,7 +218,13 @@ impl TrunkTape {
                 vals.iter_mut().for_each(|v| *v = v.clamp(-cl, cl));
             }
             if let Some(hd) = &head {
-                head_z = Some(self.add_head(k, hd, host(&x), vals));
+                let (z_c, pass) = self.add_head(k, hd, host(&x), vals);
+                head_rec = Some(HeadRecord {
+                    z_c,
+                    pass,
+                    x_coef: hd.x_coef,
+                    score_coef: hd.score.map(|(_, b)| b),
+                });
             }
             out.set_requires_grad(true)
         });
@@ -192,13 +234,20 @@ impl TrunkTape {
             out: out.shallow_clone(),
             buf,
             mask: clip.map(|_| mask),
-            head_z,
+            head: head_rec,
         });
         out
     }
 
-    /// vals += clamp(z, ±c_s) ⊙ s_k (see [`Head`]); returns the clipped z.
-    fn add_head(&self, k: usize, hd: &Head<'_>, xs: &[f32], vals: &mut [f32]) -> Vec<f32> {
+    /// vals += clamp(z, ±c_s) ⊙ s_k (see [`Head`]); returns the clipped z and where the clamp
+    /// passes the gradient (|z| ≤ c_s; false for NaN, as in libtorch).
+    fn add_head(
+        &self,
+        k: usize,
+        hd: &Head<'_>,
+        xs: &[f32],
+        vals: &mut [f32],
+    ) -> (Vec<f32>, Vec<bool>) {
         let (hv, out) = self
             .head
             .as_ref()
@@ -238,102 +287,42 @@ impl TrunkTape {
             (None, Some((sc, None))) => zc.copy_from_slice(sc),
             (None, None) => {}
         }
+        let pass: Vec<bool> = zc.iter().map(|z| z.abs() <= cs).collect();
         for (vr, zr) in vals.chunks_exact_mut(d_out).zip(zc.chunks_exact_mut(d_out)) {
             for ((v, z), s) in vr.iter_mut().zip(zr.iter_mut()).zip(&srow) {
                 *z = z.clamp(-cs, cs);
                 *v += *z * s;
             }
         }
-        zc
+        (zc, pass)
     }
 
-    /// The trunk's backward for every recorded step from the leaves' gradients (steps whose
-    /// leaf got no gradient contribute nothing). Returns the gradients and the step buffers
-    /// (for reuse).
-    pub fn backward(self) -> (TapeGrads, Vec<Vec<f32>>) {
-        let c = self.width;
-        let nl = self.layers.len() - 1;
-        let kk = self.emb.as_ref().map_or(0, |(ts, _)| ts.len());
-        let mut gw: Vec<Tensor> = self.layers.iter().map(|l| l.w.zeros_like()).collect();
-        let mut gb: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.b.len()]).collect();
-        let mut gemb = vec![0f32; kk * c];
-        let head_out = self.head.as_ref().map_or(0, |(_, out)| *out);
-        let mut ghead = vec![0f64; kk * head_out];
-        let mut pool = Vec::with_capacity(self.steps.len());
-        let mut da = Vec::new();
-        let mut dh = Vec::new();
-        let mut col = vec![0f32; c];
+    /// The trunk's backward for every recorded step not yet popped, from the leaves'
+    /// gradients (steps whose leaf got no gradient contribute nothing), added to the sums of
+    /// the popped steps ([`TrunkTape::pop_backward`]). Returns the gradients and the step
+    /// buffers (for reuse).
+    pub fn backward(mut self) -> (TapeGrads, Vec<Vec<f32>>) {
+        let mut acc = self.acc.take().unwrap_or_else(|| self.new_acc());
+        let mut pool = std::mem::take(&mut self.spent);
+        let steps = std::mem::take(&mut self.steps);
         tch::no_grad(|| {
-            for st in self.steps {
+            for st in steps {
                 let dout = st.out.grad();
                 if dout.defined() {
+                    // In place: the leaf and its gradient are dropped after this step.
                     let dout = dout.contiguous();
-                    if let Some(zc) = &st.head_z {
-                        // ∂L/∂s_k = Σ_rows z_c ⊙ δ (over the columns too when out = 1).
-                        let g = host_mut_contig(&dout);
-                        let d_out = self.layers[nl].b.len();
-                        // Column sums in float32 per step (as autograd's reduction), then
-                        // added in float64 across steps.
-                        let mut cols = vec![0f32; d_out];
-                        for (zr, gr) in zc.chunks_exact(d_out).zip(g.chunks_exact(d_out)) {
-                            for ((s, z), v) in cols.iter_mut().zip(zr).zip(gr) {
-                                *s += z * v;
-                            }
-                        }
-                        let gk = &mut ghead[st.k * head_out..(st.k + 1) * head_out];
-                        if head_out == 1 {
-                            gk[0] += cols.iter().map(|&v| v as f64).sum::<f64>();
-                        } else {
-                            gk.iter_mut().zip(&cols).for_each(|(a, &v)| *a += v as f64);
-                        }
-                    }
-                    if let Some(mask) = &st.mask {
-                        // In place: the leaf and its gradient are dropped after this step.
-                        let g = host_mut_contig(&dout);
-                        g.iter_mut().zip(mask).for_each(|(v, &m)| {
-                            if !m {
-                                *v = 0.0;
-                            }
-                        });
-                    }
-                    let n = dout.size()[0] as usize;
-                    da.resize(n * c, 0.0);
-                    dh.resize(n * c, 0.0);
-                    let (acts, gs) = st.buf.split_at(nl * n * c);
-                    let last = &self.layers[nl];
-                    let a_last = view(&acts[(nl - 1) * n * c..], n, c);
-                    let _ = gw[nl].addmm_(&dout.tr(), &a_last);
-                    // Output-bias gradient: column sums of δ on the host (float32 per step,
-                    // float64 across steps, as before).
-                    let mut col_out = vec![0f32; gb[nl].len()];
-                    for row in host_mut_contig(&dout).chunks_exact(col_out.len()) {
-                        col_out.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                    }
-                    for (s, v) in gb[nl].iter_mut().zip(col_out) {
-                        *s += v as f64;
-                    }
-                    let _ = dout.mm_out(&view_mut(&mut da, n, c), &last.w);
-                    for l in (0..nl).rev() {
-                        col.iter_mut().for_each(|v| *v = 0.0);
-                        mul_colsum(&da, &gs[l * n * c..(l + 1) * n * c], &mut dh, &mut col);
-                        for (s, v) in gb[l].iter_mut().zip(&col) {
-                            *s += *v as f64;
-                        }
-                        let dh_t = view(&dh, n, c);
-                        if l == 0 {
-                            let _ = gw[0].addmm_(&dh_t.tr(), &st.x);
-                            for (s, v) in gemb[st.k * c..(st.k + 1) * c].iter_mut().zip(&col) {
-                                *s += v;
-                            }
-                        } else {
-                            let _ = gw[l].addmm_(&dh_t.tr(), &view(&acts[(l - 1) * n * c..], n, c));
-                            let _ = dh_t.mm_out(&view_mut(&mut da, n, c), &self.layers[l].w);
-                        }
-                    }
+                    self.step_backward(&mut acc, &st, &dout, false);
                 }
                 pool.push(st.buf);
             }
         });
+        let GradAcc {
+            gw,
+            gb,
+            gemb,
+            ghead,
+            ..
+        } = acc;
         let layers = gw
             .iter()
             .zip(gb)
@@ -345,12 +334,157 @@ impl TrunkTape {
             }
             _ => None,
         };
-        let emb = self.emb.map(|(ts, _)| (ts, gemb));
+        let emb = self.emb.take().map(|(ts, _)| (ts, gemb));
         (TapeGrads { layers, emb, head }, pool)
+    }
+
+    /// The backward of the most recent step not yet popped, for the cotangent `delta` =
+    /// ∂L/∂u of its leaf (`[n, d_out]`): adds its parameter gradients to the tape's sums and
+    /// returns the input cotangents (the adjoint of a KL-family simulation, which needs the
+    /// steps from the last to the first). `None` when no step is left.
+    pub fn pop_backward(&mut self, delta: &Tensor) -> Option<InputGrads> {
+        let st = self.steps.pop()?;
+        let mut acc = self.acc.take().unwrap_or_else(|| self.new_acc());
+        let dout = delta.detach().to_kind(tch::Kind::Float).contiguous().copy();
+        let grads = tch::no_grad(|| self.step_backward(&mut acc, &st, &dout, true));
+        self.acc = Some(acc);
+        self.spent.push(st.buf);
+        grads
+    }
+
+    fn new_acc(&self) -> GradAcc {
+        let kk = self.emb.as_ref().map_or(0, |(ts, _)| ts.len());
+        let head_out = self.head.as_ref().map_or(0, |(_, out)| *out);
+        GradAcc {
+            gw: self.layers.iter().map(|l| l.w.zeros_like()).collect(),
+            gb: self.layers.iter().map(|l| vec![0.0; l.b.len()]).collect(),
+            gemb: vec![0f32; kk * self.width],
+            ghead: vec![0f64; kk * head_out],
+            da: Vec::new(),
+            dh: Vec::new(),
+        }
+    }
+
+    /// The backward of one step for the cotangent `dout` (`[n, d_out]`, contiguous, owned:
+    /// the clip mask zeroes it in place). With `input_grads`, also ∂L/∂x and ∂L/∂score.
+    fn step_backward(
+        &self,
+        acc: &mut GradAcc,
+        st: &TapeStep,
+        dout: &Tensor,
+        input_grads: bool,
+    ) -> Option<InputGrads> {
+        let c = self.width;
+        let nl = self.layers.len() - 1;
+        let d_out = self.layers[nl].b.len();
+        let head_out = self.head.as_ref().map_or(0, |(_, out)| *out);
+        // The head's input cotangent dz = δ ⊙ s_k where the clamp passes, before the clip
+        // mask of NN touches δ.
+        let mut dz = None;
+        if let Some(hr) = &st.head {
+            // ∂L/∂s_k = Σ_rows z_c ⊙ δ (over the columns too when out = 1).
+            let g = host(dout);
+            // Column sums in float32 per step (as autograd's reduction), then added in
+            // float64 across steps.
+            let mut cols = vec![0f32; d_out];
+            for (zr, gr) in hr.z_c.chunks_exact(d_out).zip(g.chunks_exact(d_out)) {
+                for ((s, z), v) in cols.iter_mut().zip(zr).zip(gr) {
+                    *s += z * v;
+                }
+            }
+            let gk = &mut acc.ghead[st.k * head_out..(st.k + 1) * head_out];
+            if head_out == 1 {
+                gk[0] += cols.iter().map(|&v| v as f64).sum::<f64>();
+            } else {
+                gk.iter_mut().zip(&cols).for_each(|(a, &v)| *a += v as f64);
+            }
+            if input_grads {
+                let (hv, out) = self.head.as_ref().expect("head values of a head step");
+                let sk = &hv[st.k * out..(st.k + 1) * out];
+                let mut v = vec![0f32; g.len()];
+                for ((vr, gr), pr) in v
+                    .chunks_exact_mut(d_out)
+                    .zip(g.chunks_exact(d_out))
+                    .zip(hr.pass.chunks_exact(d_out))
+                {
+                    for (j, ((o, &gv), &p)) in vr.iter_mut().zip(gr).zip(pr).enumerate() {
+                        let s = sk[if *out == 1 { 0 } else { j }];
+                        *o = if p { gv * s } else { 0.0 };
+                    }
+                }
+                dz = Some(v);
+            }
+        }
+        if let Some(mask) = &st.mask {
+            let g = host_mut_contig(dout);
+            g.iter_mut().zip(mask).for_each(|(v, &m)| {
+                if !m {
+                    *v = 0.0;
+                }
+            });
+        }
+        let n = dout.size()[0] as usize;
+        let (mut da, mut dh) = (std::mem::take(&mut acc.da), std::mem::take(&mut acc.dh));
+        da.resize(n * c, 0.0);
+        dh.resize(n * c, 0.0);
+        let mut col = vec![0f32; c];
+        let (acts, gs) = st.buf.split_at(nl * n * c);
+        let last = &self.layers[nl];
+        let a_last = view(&acts[(nl - 1) * n * c..], n, c);
+        let _ = acc.gw[nl].addmm_(&dout.tr(), &a_last);
+        // Output-bias gradient: column sums of δ on the host (float32 per step, float64
+        // across steps).
+        let mut col_out = vec![0f32; d_out];
+        for row in host(dout).chunks_exact(d_out) {
+            col_out.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        for (s, v) in acc.gb[nl].iter_mut().zip(col_out) {
+            *s += v as f64;
+        }
+        let _ = dout.mm_out(&view_mut(&mut da, n, c), &last.w);
+        let mut dx = None;
+        for l in (0..nl).rev() {
+            col.iter_mut().for_each(|v| *v = 0.0);
+            mul_colsum(&da, &gs[l * n * c..(l + 1) * n * c], &mut dh, &mut col);
+            for (s, v) in acc.gb[l].iter_mut().zip(&col) {
+                *s += *v as f64;
+            }
+            let dh_t = view(&dh, n, c);
+            if l == 0 {
+                let _ = acc.gw[0].addmm_(&dh_t.tr(), &st.x);
+                for (s, v) in acc.gemb[st.k * c..(st.k + 1) * c].iter_mut().zip(&col) {
+                    *s += v;
+                }
+                if input_grads {
+                    dx = Some(dh_t.mm(&self.layers[0].w));
+                }
+            } else {
+                let _ = acc.gw[l].addmm_(&dh_t.tr(), &view(&acts[(l - 1) * n * c..], n, c));
+                let _ = dh_t.mm_out(&view_mut(&mut da, n, c), &self.layers[l].w);
+            }
+        }
+        (acc.da, acc.dh) = (da, dh);
+        let dx = dx?;
+        // The head's terms: ∂L/∂x += α·dz, ∂L/∂score = β·dz.
+        let mut score = None;
+        if let (Some(hr), Some(dz)) = (&st.head, dz) {
+            if let Some(a) = hr.x_coef {
+                let xs = host_mut_contig(&dx);
+                xs.iter_mut().zip(&dz).for_each(|(x, z)| *x += a * z);
+            }
+            score = match hr.score_coef {
+                None => None,
+                Some(None) => Some(dz),
+                Some(Some(b)) => Some(dz.into_iter().map(|z| b * z).collect()),
+            };
+        }
+        Some(InputGrads { x: dx, score })
     }
 
     /// Gives the step buffers back without a backward.
     pub fn into_buffers(self) -> Vec<Vec<f32>> {
-        self.steps.into_iter().map(|s| s.buf).collect()
+        let mut bufs = self.spent;
+        bufs.extend(self.steps.into_iter().map(|s| s.buf));
+        bufs
     }
 }
