@@ -35,6 +35,15 @@ pub trait Target: Send + Sync {
         false
     }
 
+    /// H_{log ρ}(x)·v, the Hessian of log ρ at each row of `x: [n, d]` times the row of
+    /// `v: [n, d]` (= (∂score/∂x)ᵀv, the Hessian being symmetric), where the target has it in
+    /// closed form; values only, no graph. Used by the KL adjoint for targets whose score
+    /// stays in the graph of x ([`Target::score_in_graph`]). Default: `None`, and the caller
+    /// differentiates [`Target::score`] by autograd.
+    fn score_hvp(&self, _x: &Tensor, _v: &Tensor) -> Option<Tensor> {
+        None
+    }
+
     /// log Z = log ∫ ρ, exactly or by quadrature, where known.
     fn log_z(&self) -> Option<f64>;
 
@@ -172,6 +181,9 @@ impl<T: Target> Target for CountingTarget<T> {
     }
     fn score_in_graph(&self) -> bool {
         self.inner.score_in_graph()
+    }
+    fn score_hvp(&self, x: &Tensor, v: &Tensor) -> Option<Tensor> {
+        self.inner.score_hvp(x, v)
     }
     fn log_z(&self) -> Option<f64> {
         self.inner.log_z()

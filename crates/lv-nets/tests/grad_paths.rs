@@ -397,6 +397,37 @@ impl Target for DetachedScore {
     }
 }
 
+/// [`ScaledGauss`] (score in the graph of x) with its closed-form Hessian–vector product
+/// H v = −v/s²: the adjoint path takes it instead of autograd through the score.
+struct ClosedFormHvp(ScaledGauss);
+
+impl Target for ClosedFormHvp {
+    fn name(&self) -> &str {
+        "scaled_gauss_closed_form_hvp"
+    }
+    fn dim(&self) -> usize {
+        self.0.dim
+    }
+    fn log_density(&self, x: &Tensor) -> Tensor {
+        self.0.log_density(x)
+    }
+    fn score(&self, x: &Tensor) -> Tensor {
+        self.0.score(x)
+    }
+    fn score_in_graph(&self) -> bool {
+        true
+    }
+    fn score_hvp(&self, _x: &Tensor, v: &Tensor) -> Option<Tensor> {
+        Some(v * (-1.0 / (self.0.std * self.0.std)))
+    }
+    fn log_z(&self) -> Option<f64> {
+        self.0.log_z()
+    }
+    fn domain(&self) -> Vec<(f64, f64)> {
+        self.0.domain()
+    }
+}
+
 /// One KL-family batch of 32 on the graph path (`native` false) or the adjoint path
 /// (asserted): the loss and the control's gradients.
 fn kl_grads(
@@ -425,7 +456,8 @@ fn kl_grads(
 /// loss and the parameter gradients of autograd through the whole simulation: PIS
 /// (ScoreCtrl, reference form: the reference control's x term), DIS (LerpCtrl: the head's x
 /// and score terms), and RSMC's ou_dds kernel; with a score in the graph of x (the
-/// Hessian–vector product of the adjoint) and with a detached score.
+/// Hessian–vector product of the adjoint, by autograd and in the target's closed form) and
+/// with a detached score.
 #[test]
 fn kl_adjoint_matches_graph() {
     let _rng = rng_lock();
@@ -436,8 +468,12 @@ fn kl_adjoint_matches_graph() {
         log_z: 0.3,
     };
     let detached = DetachedScore(gauss.clone());
-    let targets: [(&dyn Target, &str); 2] =
-        [(&gauss, "score in graph"), (&detached, "detached score")];
+    let closed_form = ClosedFormHvp(gauss.clone());
+    let targets: [(&dyn Target, &str); 3] = [
+        (&gauss, "score in graph"),
+        (&detached, "detached score"),
+        (&closed_form, "closed-form Hv"),
+    ];
     for (target, tname) in targets {
         for loss in [LossKind::Kl, LossKind::KlIto] {
             for pis in [false, true] {

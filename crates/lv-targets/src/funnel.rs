@@ -102,6 +102,43 @@ impl Target for Funnel {
         true
     }
 
+    /// Hv with the analytic Hessian (e = e^{−x₀}, S = Σ_{i≥1} x_i²):
+    /// H₀₀ = −1/9 − ½eS, H₀ᵢ = e·x_i, H_ij = −e·δ_ij (i, j ≥ 1), so
+    /// (Hv)₀ = (−1/9 − ½eS)v₀ + e Σ_{i≥1} x_i v_i and (Hv)_i = e(x_i v₀ − v_i).
+    /// CPU float32 batches take a host loop in f64; others the tensor expression.
+    fn score_hvp(&self, x: &Tensor, v: &Tensor) -> Option<Tensor> {
+        if let Some(h) = crate::util::native_row_pairs(x, v, |xr, vr, out| {
+            let x0 = xr[0] as f64;
+            let v0 = vr[0] as f64;
+            let e = (-x0).exp();
+            let (mut sq, mut xv) = (0.0f64, 0.0f64);
+            for (&xi, &vi) in xr[1..].iter().zip(&vr[1..]) {
+                sq += xi as f64 * xi as f64;
+                xv += xi as f64 * vi as f64;
+            }
+            out[0] = ((-1.0 / 9.0 - 0.5 * e * sq) * v0 + e * xv) as f32;
+            for ((o, &xi), &vi) in out[1..].iter_mut().zip(&xr[1..]).zip(&vr[1..]) {
+                *o = (e * (xi as f64 * v0 - vi as f64)) as f32;
+            }
+        }) {
+            return Some(h);
+        }
+        tch::no_grad(|| {
+            let m = self.dim as i64 - 1;
+            let (x, v) = (x.detach(), v.detach());
+            let x0 = x.narrow(1, 0, 1);
+            let v0 = v.narrow(1, 0, 1);
+            let rest = x.narrow(1, 1, m);
+            let vrest = v.narrow(1, 1, m);
+            let e = (-&x0).exp();
+            let sq = rest.square().sum_dim_intlist(-1, true, None::<Kind>);
+            let xv = (&rest * &vrest).sum_dim_intlist(-1, true, None::<Kind>);
+            let h0 = (sq * &e * (-0.5) - 1.0 / 9.0) * &v0 + &e * xv;
+            let hi = (rest * &v0 - vrest) * e;
+            Some(Tensor::cat(&[h0, hi], 1))
+        })
+    }
+
     /// 0 (normalised).
     fn log_z(&self) -> Option<f64> {
         Some(0.0)

@@ -232,6 +232,9 @@ impl Target for Shared {
     fn score_in_graph(&self) -> bool {
         self.0.score_in_graph()
     }
+    fn score_hvp(&self, x: &tch::Tensor, v: &tch::Tensor) -> Option<tch::Tensor> {
+        self.0.score_hvp(x, v)
+    }
     fn log_z(&self) -> Option<f64> {
         self.0.log_z()
     }

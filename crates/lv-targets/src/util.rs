@@ -161,17 +161,8 @@ pub(crate) fn sq_dists(x: &Tensor, c: &Tensor) -> Tensor {
 /// (each a pass over `[n, K]` or `[n, d]` plus allocation) of the tensor expression, which
 /// dominated the per-step cost of small targets at B = 2048 (docs/performance.md).
 pub(crate) fn native_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Option<Tensor> {
-    if x.device() != Device::Cpu || x.kind() != Kind::Float || x.requires_grad() {
-        return None;
-    }
-    let size = x.size();
-    if size.len() != 2 {
-        return None;
-    }
-    let (n, d) = (size[0] as usize, size[1] as usize);
-    let x = x.contiguous();
-    let mut xs = vec![0f32; n * d];
-    x.view([-1]).copy_data(&mut xs, n * d);
+    let (n, d) = host_batch_shape(x)?;
+    let xs = host_copy(x, n * d);
     let mut out = vec![0f32; n * d];
     if d > 0 {
         for (xr, or) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -179,4 +170,48 @@ pub(crate) fn native_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Option<
         }
     }
     Some(Tensor::from_slice(&out).view([n as i64, d as i64]))
+}
+
+/// [`native_rows`] for a function of two batches of the same shape: `f(x_row, v_row, out_row)`
+/// (a Hessian–vector product, say); `None` unless both are CPU float32 `[n, d]` batches
+/// without a graph.
+pub(crate) fn native_row_pairs(
+    x: &Tensor,
+    v: &Tensor,
+    f: impl Fn(&[f32], &[f32], &mut [f32]),
+) -> Option<Tensor> {
+    let (n, d) = host_batch_shape(x)?;
+    if host_batch_shape(v)? != (n, d) {
+        return None;
+    }
+    let xs = host_copy(x, n * d);
+    let vs = host_copy(v, n * d);
+    let mut out = vec![0f32; n * d];
+    if d > 0 {
+        for ((xr, vr), or) in xs
+            .chunks_exact(d)
+            .zip(vs.chunks_exact(d))
+            .zip(out.chunks_exact_mut(d))
+        {
+            f(xr, vr, or);
+        }
+    }
+    Some(Tensor::from_slice(&out).view([n as i64, d as i64]))
+}
+
+/// `(n, d)` of a CPU float32 `[n, d]` batch that needs no graph; `None` otherwise.
+fn host_batch_shape(x: &Tensor) -> Option<(usize, usize)> {
+    if x.device() != Device::Cpu || x.kind() != Kind::Float || x.requires_grad() {
+        return None;
+    }
+    match x.size()[..] {
+        [n, d] => Some((n as usize, d as usize)),
+        _ => None,
+    }
+}
+
+fn host_copy(x: &Tensor, len: usize) -> Vec<f32> {
+    let mut xs = vec![0f32; len];
+    x.contiguous().view([-1]).copy_data(&mut xs, len);
+    xs
 }

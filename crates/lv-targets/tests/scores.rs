@@ -113,3 +113,60 @@ fn analytic_scores_stay_in_graph() {
         assert!(target(n).score_in_graph(), "{n} has an analytic score");
     }
 }
+
+/// Autograd's H v, differentiating the analytic score (which stays in the graph) in float64.
+fn autograd_hvp(t: &dyn Target, x: &Tensor, v: &Tensor) -> Tensor {
+    let xl = x.detach().set_requires_grad(true);
+    let s = (t.score(&xl) * v).sum(Kind::Double);
+    Tensor::run_backward(&[s], &[&xl], false, false).remove(0)
+}
+
+/// Largest |H v − want| beyond `rel`·|want| + 1e-12·max|want| (the last term for entries
+/// that cancel between terms of size max|want|); ≤ 0 passes.
+fn excess(h: &Tensor, want: &Tensor, rel: f64) -> f64 {
+    let scale = want.abs().max().double_value(&[]);
+    let tol = want.abs() * rel + 1e-12 * scale + 1e-300;
+    ((h - want).abs() - tol).max().double_value(&[])
+}
+
+/// The closed-form Hessian–vector products (`Target::score_hvp`) against autograd through the
+/// score: in float64 (tensor path), and in float32 (host loops) against autograd at the
+/// float32-rounded inputs, in the domain box and its tails.
+#[test]
+fn closed_form_hvps_match_autograd() {
+    let _g = lock();
+    let mut checked = 0;
+    for (i, n) in ALL.iter().enumerate() {
+        let t = target(n);
+        tch::manual_seed(900 + i as i64);
+        for scale in [0.5, 1.0, 1.5] {
+            let x = points_in_domain(t.as_ref(), 32, scale);
+            let v = Tensor::randn(x.size(), (Kind::Double, Device::Cpu));
+            let Some(h64) = t.score_hvp(&x, &v) else {
+                continue;
+            };
+            let e = excess(&h64, &autograd_hvp(t.as_ref(), &x, &v), 1e-9);
+            assert!(
+                e <= 0.0,
+                "{n}, scale {scale}: float64 Hv off by {e} beyond tolerance"
+            );
+            let (x32, v32) = (x.to_kind(Kind::Float), v.to_kind(Kind::Float));
+            let h32 = t.score_hvp(&x32, &v32).expect("the float32 batch too");
+            let want = autograd_hvp(
+                t.as_ref(),
+                &x32.to_kind(Kind::Double),
+                &v32.to_kind(Kind::Double),
+            );
+            let e = excess(&h32.to_kind(Kind::Double), &want, 1e-6);
+            assert!(
+                e <= 0.0,
+                "{n}, scale {scale}: float32 Hv off by {e} beyond tolerance"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "at least one target (funnel) has a closed-form Hv"
+    );
+}

@@ -103,9 +103,13 @@ fn terminal_grad(method: &Method, target: &dyn Target, x: &Tensor, g: &Tensor) -
     })
 }
 
-/// (∂score/∂x)ᵀ v = H_{log ρ}(x) v, by autograd through the target's score (which stays in
-/// the graph of x for the targets that ask for it).
+/// (∂score/∂x)ᵀ v = H_{log ρ}(x) v: the target's closed form ([`Target::score_hvp`]) where it
+/// has one, else autograd through its score (which stays in the graph of x for the targets
+/// that ask for it).
 fn score_vjp(target: &dyn Target, x: &Tensor, v: &Tensor) -> Tensor {
+    if let Some(h) = target.score_hvp(x, v) {
+        return h;
+    }
     tch::with_grad(|| {
         let xl = x.detach().set_requires_grad(true);
         let s = (target.score(&xl) * v).sum(Kind::Float);
