@@ -157,14 +157,8 @@ impl GaussianMixture {
             .collect();
         let flat: Vec<f64> = self.means.iter().flatten().copied().collect();
         crate::util::native_rows(x, |xr, out| {
-            let mut logits = [0f64; 64];
-            let mut heap = Vec::new();
-            let l: &mut [f64] = if k <= 64 {
-                &mut logits[..k]
-            } else {
-                heap.resize(k, 0.0);
-                &mut heap
-            };
+            let (mut logits, mut heap) = ([0f64; 64], Vec::new());
+            let l = crate::util::scratch(&mut logits, &mut heap, k);
             for (&xj, mj) in xr.iter().zip(mt.chunks_exact(k.max(1))) {
                 let xj = xj as f64;
                 for (lk, &m) in l.iter_mut().zip(mj) {
@@ -179,19 +173,11 @@ impl GaussianMixture {
             }
             let mut tot = 0.0;
             for lk in l.iter_mut() {
-                let z = *lk - mx;
-                // exp(z) is exactly 0 below −745.13.
-                *lk = if z < -745.2 { 0.0 } else { z.exp() };
+                *lk = crate::util::exp_or_zero(*lk - mx);
                 tot += *lk;
             }
-            let mut mean = [0f64; 64];
-            let mut mean_heap = Vec::new();
-            let mean: &mut [f64] = if d <= 64 {
-                &mut mean[..d]
-            } else {
-                mean_heap.resize(d, 0.0);
-                &mut mean_heap
-            };
+            let (mut mean, mut mean_heap) = ([0f64; 64], Vec::new());
+            let mean = crate::util::scratch(&mut mean, &mut mean_heap, d);
             // Σ_k w_k m_kj in component order for every j (terms with w_k = 0 add nothing).
             for (&w, m) in l.iter().zip(flat.chunks_exact(d)) {
                 if w != 0.0 {

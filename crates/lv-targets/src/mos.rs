@@ -90,14 +90,8 @@ impl MixtureOfStudents {
             for (v, &r) in xs.iter_mut().zip(xr) {
                 *v = r as f64;
             }
-            let mut logits = [0f64; 64];
-            let mut heap = Vec::new();
-            let l: &mut [f64] = if k <= 64 {
-                &mut logits[..k]
-            } else {
-                heap.resize(k, 0.0);
-                &mut heap
-            };
+            let (mut logits, mut heap) = ([0f64; 64], Vec::new());
+            let l = crate::util::scratch(&mut logits, &mut heap, k);
             let mut mx = f64::NEG_INFINITY;
             for (lk, m) in l.iter_mut().zip(flat.chunks_exact(d)) {
                 // Eight lane products over coordinates j ≡ lane (mod 8), then one log of
@@ -124,9 +118,7 @@ impl MixtureOfStudents {
             }
             let mut tot = 0.0;
             for lk in l.iter_mut() {
-                // exp(z) is exactly 0 below −745.13 (not computed).
-                let z = *lk - mx;
-                *lk = if z < -745.2 { 0.0 } else { z.exp() };
+                *lk = crate::util::exp_or_zero(*lk - mx);
                 tot += *lk;
             }
             for (w, m) in l.iter().zip(flat.chunks_exact(d)) {

@@ -152,6 +152,34 @@ pub(crate) fn sq_dists(x: &Tensor, c: &Tensor) -> Tensor {
     component_sums(x, c, |u| u.square())
 }
 
+/// e^z, or exactly 0 without computing it where it underflows (z < −745.2; e^z is 0 in f64
+/// below −745.13): the same value, without the cost of the exps of far mixture components.
+pub(crate) fn exp_or_zero(z: f64) -> f64 {
+    if z < -745.2 {
+        0.0
+    } else {
+        z.exp()
+    }
+}
+
+/// A zeroed f64 scratch slice of length `n` for a host row loop: in `stack` up to 64 entries,
+/// else in `heap`.
+pub(crate) fn scratch<'a>(
+    stack: &'a mut [f64; 64],
+    heap: &'a mut Vec<f64>,
+    n: usize,
+) -> &'a mut [f64] {
+    if n <= 64 {
+        let s = &mut stack[..n];
+        s.fill(0.0);
+        s
+    } else {
+        heap.clear();
+        heap.resize(n, 0.0);
+        heap
+    }
+}
+
 /// Row-wise native evaluation on the host for CPU float32 batches that need no graph.
 ///
 /// For `x: [n, d]` on the CPU, of kind float32 and not requiring grad, applies
