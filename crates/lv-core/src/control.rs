@@ -94,6 +94,20 @@ pub trait Control {
         false
     }
 
+    /// Starts native inference: until [`Control::end_inference`], evaluations made without
+    /// autograd recording may run the network outside libtorch (the fused host passes of the
+    /// tape, without recording). The function is the same; only float32 rounding differs
+    /// from libtorch's kernels (GEMMs are libtorch's either way). The final and periodic
+    /// evaluations of a run ([`crate::estimate::evaluate`]) turn it on; training simulations
+    /// do not, so their numbers do not depend on it. Returns whether the control has such a
+    /// path. Default: `false`.
+    fn start_inference(&self) -> bool {
+        false
+    }
+
+    /// Ends native inference ([`Control::start_inference`]). Default: no-op.
+    fn end_inference(&self) {}
+
     /// A copy for another thread (batch-sharded training, [`crate::train`]): the same
     /// function, with parameters that are fresh autograd leaves *sharing storage* with this
     /// control's (so evaluations agree exactly), its own caches and tape, and
@@ -186,6 +200,12 @@ macro_rules! delegate_control {
             }
             fn tape_vjp_supported(&self) -> bool {
                 (**self).tape_vjp_supported()
+            }
+            fn start_inference(&self) -> bool {
+                (**self).start_inference()
+            }
+            fn end_inference(&self) {
+                (**self).end_inference()
             }
             fn fork(&self) -> Option<Box<dyn Control + Send>> {
                 (**self).fork()

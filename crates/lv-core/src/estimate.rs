@@ -99,9 +99,32 @@ pub struct EvalOutput {
     pub samples: Tensor,
 }
 
+/// Native inference of the controls ([`crate::Control::start_inference`]) while alive.
+struct Inference<'a>(Controls<'a>);
+
+impl<'a> Inference<'a> {
+    fn start(controls: Controls<'a>) -> Self {
+        controls.u.start_inference();
+        if let Some(v) = controls.v {
+            v.start_inference();
+        }
+        Self(controls)
+    }
+}
+
+impl Drop for Inference<'_> {
+    fn drop(&mut self) {
+        self.0.u.end_inference();
+        if let Some(v) = self.0.v {
+            v.end_inference();
+        }
+    }
+}
+
 /// Two evaluation passes from the *same* prior draws with independent noise (spec §4), in
 /// chunks of `chunk` trajectories, without parameter gradients (autograd is kept locally
-/// where scores or divergences need it).
+/// where scores or divergences need it). The controls' networks run natively where they can
+/// ([`crate::Control::start_inference`]).
 pub fn evaluate(
     method: &Method,
     target: &dyn Target,
@@ -117,6 +140,7 @@ pub fn evaluate(
     let mut samples = Vec::new();
     let mut sample_seconds = 0.0;
     let mut done = 0;
+    let _inference = Inference::start(controls);
     while done < n {
         let m = chunk.min(n - done) as i64;
         tch::no_grad(|| {

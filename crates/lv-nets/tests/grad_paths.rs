@@ -328,12 +328,105 @@ fn check_taped_head(name: &str, vs: &VarStore, ctrl: &dyn Control, net: &Fourier
     // head's arithmetic is the tensor code's.
     assert_values_close(&v0, &v1, name);
     assert_grads_close(&g0, &g1, 2e-5, name);
+    // Native inference (no autograd recording): the tape's values bit for bit at the
+    // prepared times, libtorch's at the unprepared one; after end_inference, libtorch's
+    // everywhere.
+    let infer = |on: bool| -> Vec<Tensor> {
+        tch::no_grad(|| {
+            if on {
+                assert!(
+                    ctrl.start_inference(),
+                    "{name}: no native inference on the CPU"
+                );
+            }
+            ctrl.prepare_times(&ts);
+            let us = times
+                .iter()
+                .zip(xs.iter().zip(&scores))
+                .map(|(&t, (x, sc))| ctrl.eval(t, x, Some(sc)))
+                .collect();
+            ctrl.clear_times();
+            if on {
+                ctrl.end_inference();
+            }
+            us
+        })
+    };
+    let vi = infer(true);
+    for k in 0..5 {
+        let want = if k < 4 { &v1[k] } else { &v0[k] };
+        assert!(
+            vi[k].equal(want),
+            "{name}: native inference at t = {}",
+            times[k]
+        );
+    }
+    let differs = (0..4).any(|k| !v0[k].equal(&v1[k]));
+    assert!(
+        differs,
+        "{name}: the tape's values equal libtorch's bitwise (test is blind)"
+    );
+    let vo = infer(false);
+    for k in 0..5 {
+        assert!(
+            vo[k].equal(&v0[k]),
+            "{name}: after end_inference, t = {}",
+            times[k]
+        );
+    }
     // Every parameter (trunk, time branch, phases, s(t)) receives a gradient.
     let zero = g1
         .iter()
         .filter(|g| g.abs().max().double_value(&[]) == 0.0)
         .count();
     assert_eq!(zero, 0, "{name}: {zero} parameters got no gradient");
+}
+
+/// Native inference on a batch larger than one block of rows (the trunk runs block by
+/// block): the libtorch value to float32 rounding, every row written, and the native path
+/// taken (the values are not libtorch's bit for bit), for ScoreCtrl with its score head.
+#[test]
+fn native_inference_in_row_blocks_matches_libtorch() {
+    let _rng = rng_lock();
+    let d = 3;
+    tch::manual_seed(11);
+    let vs = VarStore::new(Device::Cpu);
+    let cfg = CtrlConfig {
+        clip_model: 1.0,
+        clip_score: 1.5,
+        ..CtrlConfig::default()
+    };
+    let c = ScoreCtrl::new(&vs.root(), d, &cfg).unwrap();
+    randomize(&vs);
+    let ts = [0.0, 0.5];
+    let x = Tensor::randn([2500, d], CPU) * 2.0;
+    let score = Tensor::randn([2500, d], CPU) * 2.0;
+    let eval = |native: bool| -> Vec<Tensor> {
+        tch::no_grad(|| {
+            if native {
+                assert!(c.start_inference());
+            }
+            c.prepare_times(&ts);
+            let us = ts.iter().map(|&t| c.eval(t, &x, Some(&score))).collect();
+            c.clear_times();
+            c.end_inference();
+            us
+        })
+    };
+    let (lib, nat) = (eval(false), eval(true));
+    assert_values_close(&lib, &nat, "row blocks");
+    for (a, b) in lib.iter().zip(&nat) {
+        assert_eq!(a.size(), b.size());
+        assert!(
+            !a.equal(b),
+            "native inference did not run (libtorch's values bit for bit)"
+        );
+        // The last block's rows are written too (a partial block of 452 rows).
+        let tail = (a.narrow(0, 2048, 452) - b.narrow(0, 2048, 452))
+            .abs()
+            .max();
+        assert!(tail.double_value(&[]) < 1e-4);
+    }
 }
 
 /// A whole trainer batch through the direct LV path with the native trunk gives the

@@ -143,10 +143,11 @@ impl GaussianMixture {
     /// The analytic score on the host (CPU float32 batches without a graph): per row, the
     /// responsibilities softmax_k(−|x − m_k|²/2σ²) in f64 with the max trick, then
     /// (Σ_k w_k m_k / Σ_k w_k − x)/σ². Same value as the tensor path to float32 rounding
-    /// (tested). The squared distances of all components advance together over the
-    /// coordinates (means stored coordinate-major), each still summed in coordinate order,
-    /// and the exps that underflow to 0 (exponent below −745.2) are not computed: the
-    /// values are those of the per-component loops, with independent chains to overlap.
+    /// (tested). Rows go in blocks of [`LANES`], one SIMD lane per row, each row with the
+    /// arithmetic of the per-component loops in their order (squared distances summed over
+    /// the coordinates in order, components in order); the exps that underflow to 0
+    /// (exponent below −745.2) are not computed and components whose weight is 0 in every
+    /// row of a block add nothing, so the values are the loops' bit for bit (tested).
     fn score_native(&self, x: &Tensor) -> Option<Tensor> {
         let var = self.std * self.std;
         let k = self.means.len();
@@ -156,37 +157,11 @@ impl GaussianMixture {
             .flat_map(|j| self.means.iter().map(move |m| m[j]))
             .collect();
         let flat: Vec<f64> = self.means.iter().flatten().copied().collect();
-        crate::util::native_rows(x, |xr, out| {
-            let (mut logits, mut heap) = ([0f64; 64], Vec::new());
-            let l = crate::util::scratch(&mut logits, &mut heap, k);
-            for (&xj, mj) in xr.iter().zip(mt.chunks_exact(k.max(1))) {
-                let xj = xj as f64;
-                for (lk, &m) in l.iter_mut().zip(mj) {
-                    let t = xj - m;
-                    *lk += t * t;
-                }
-            }
-            let mut mx = f64::NEG_INFINITY;
-            for lk in l.iter_mut() {
-                *lk = -0.5 * *lk / var;
-                mx = mx.max(*lk);
-            }
-            let mut tot = 0.0;
-            for lk in l.iter_mut() {
-                *lk = crate::util::exp_or_zero(*lk - mx);
-                tot += *lk;
-            }
-            let (mut mean, mut mean_heap) = ([0f64; 64], Vec::new());
-            let mean = crate::util::scratch(&mut mean, &mut mean_heap, d);
-            // Σ_k w_k m_kj in component order for every j (terms with w_k = 0 add nothing).
-            for (&w, m) in l.iter().zip(flat.chunks_exact(d)) {
-                if w != 0.0 {
-                    mean.iter_mut().zip(m).for_each(|(a, &mj)| *a += w * mj);
-                }
-            }
-            for ((o, &a), &xj) in out.iter_mut().zip(mean.iter()).zip(xr) {
-                *o = ((a / tot - xj as f64) / var) as f32;
-            }
+        let (mut l, mut mean) = (vec![[0f64; LANES]; k], vec![[0f64; LANES]; d]);
+        crate::util::simd(|| {
+            crate::util::native_row_blocks::<LANES>(x, |xb, ob| {
+                score_block(&mt, &flat, var, xb, ob, &mut l, &mut mean)
+            })
         })
     }
 
@@ -195,6 +170,67 @@ impl GaussianMixture {
         let var = self.std * self.std;
         let norm = -(self.dim as f64) * (HALF_LOG_2PI + self.std.ln());
         sq_dists(x, &self.means_t.like(x)) * (-0.5 / var) + norm
+    }
+}
+
+/// Rows per block of the host score (one f64 lane each: one AVX-512 register).
+const LANES: usize = 8;
+
+/// The host score of [`LANES`] rows `xb` (`[LANES, d]`) into `ob` (see
+/// [`GaussianMixture::score_native`]); `mt` holds the means coordinate-major (`[d, K]`),
+/// `flat` component-major (`[K, d]`); `l` (`K` lanes) and `mean` (`d` lanes) are scratch.
+#[inline(always)]
+fn score_block(
+    mt: &[f64],
+    flat: &[f64],
+    var: f64,
+    xb: &[f32],
+    ob: &mut [f32],
+    l: &mut [[f64; LANES]],
+    mean: &mut [[f64; LANES]],
+) {
+    let (k, d) = (l.len(), mean.len());
+    l.fill([0.0; LANES]);
+    for (j, mj) in mt.chunks_exact(k.max(1)).enumerate().take(d) {
+        let xj: [f64; LANES] = std::array::from_fn(|r| xb[r * d + j] as f64);
+        for (lk, &m) in l.iter_mut().zip(mj) {
+            for r in 0..LANES {
+                let t = xj[r] - m;
+                lk[r] += t * t;
+            }
+        }
+    }
+    let mut mx = [f64::NEG_INFINITY; LANES];
+    for lk in l.iter_mut() {
+        for r in 0..LANES {
+            lk[r] = -0.5 * lk[r] / var;
+            mx[r] = mx[r].max(lk[r]);
+        }
+    }
+    let mut tot = [0f64; LANES];
+    for lk in l.iter_mut() {
+        for r in 0..LANES {
+            lk[r] = crate::util::exp_or_zero(lk[r] - mx[r]);
+            tot[r] += lk[r];
+        }
+    }
+    mean.fill([0.0; LANES]);
+    // Σ_k w_k m_kj in component order for every j. A zero weight adds w·m = ±0, which
+    // leaves every sum as it is (they start at +0), so only all-zero components are skipped.
+    for (w, m) in l.iter().zip(flat.chunks_exact(d)) {
+        if w.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        for (a, &mj) in mean.iter_mut().zip(m) {
+            for r in 0..LANES {
+                a[r] += w[r] * mj;
+            }
+        }
+    }
+    for r in 0..LANES {
+        for j in 0..d {
+            ob[r * d + j] = ((mean[j][r] / tot[r] - xb[r * d + j] as f64) / var) as f32;
+        }
     }
 }
 

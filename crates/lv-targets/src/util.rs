@@ -200,6 +200,68 @@ pub(crate) fn native_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Option<
     Some(Tensor::from_slice(&out).view([n as i64, d as i64]))
 }
 
+/// [`native_rows`] over blocks of `R` rows: `f(x_block, out_block)` gets `R·d` inputs and
+/// outputs at a time (so that a loop over the block's rows can run in SIMD lanes). A last,
+/// partial block is padded with zero rows, whose outputs are dropped. `f` may keep scratch
+/// between blocks.
+pub(crate) fn native_row_blocks<const R: usize>(
+    x: &Tensor,
+    mut f: impl FnMut(&[f32], &mut [f32]),
+) -> Option<Tensor> {
+    let (n, d) = host_batch_shape(x)?;
+    let padded = n.div_ceil(R) * R;
+    let mut xs = vec![0f32; padded * d];
+    if n * d > 0 {
+        x.contiguous().view([-1]).copy_data(&mut xs[..n * d], n * d);
+    }
+    let mut out = vec![0f32; padded * d];
+    if d > 0 {
+        for (xb, ob) in xs.chunks_exact(R * d).zip(out.chunks_exact_mut(R * d)) {
+            f(xb, ob);
+        }
+    }
+    out.truncate(n * d);
+    Some(Tensor::from_slice(&out).view([n as i64, d as i64]))
+}
+
+/// Runs `f` in a function compiled for AVX-512 (or AVX2 + FMA) when the CPU has it, so that
+/// loops over lane arrays inlined into `f` vectorise to the widest registers. The arithmetic
+/// is the same either way (Rust never fuses a multiply and an add on its own).
+pub(crate) fn simd<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+        let isa = *ISA.get_or_init(|| {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                2
+            } else {
+                u8::from(avx2)
+            }
+        });
+        // SAFETY: the features were detected at run time.
+        match isa {
+            2 => return unsafe { simd_avx512(f) },
+            1 => return unsafe { simd_avx2(f) },
+            _ => {}
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn simd_avx512<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_avx2<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
 /// [`native_rows`] for a function of two batches of the same shape: `f(x_row, v_row, out_row)`
 /// (a Hessian–vector product, say); `None` unless both are CPU float32 `[n, d]` batches
 /// without a graph.

@@ -1,5 +1,6 @@
-//! The fused host update of the kept-controls LV path on CPU float32: one pass over the rows
-//! per step computes X_{k+1}, the step's R terms and ∂R/∂u_k from the step's [`StepKernel`].
+//! The fused host updates on CPU float32: one pass over the rows per step computes X_{k+1}
+//! and the step's R terms from the step's [`StepKernel`], with ∂R/∂u_k for the
+//! kept-controls LV path ([`fused_lv_update`]), or for an evaluation ([`fused_eval_update`]).
 
 use super::kernel::StepKernel;
 use tch::{Kind, Tensor};
@@ -100,4 +101,86 @@ pub(super) fn fused_lv_update(
         }
     }
     (x_t, coef_t)
+}
+
+/// One evaluation step (modes `EvalIto` and `EvalNoIto`: w = u, no inference control, no
+/// graph), fused over rows: returns X_{k+1} and adds the step's R terms to `r`: the
+/// quadratic term ½|u − r_k|²·q_k and, with `ito`, the Itô term (u − r_k)·ΔŴ_k, with the
+/// same [`StepKernel`] as the tensor code of [`super::simulate_with_noise`]. Accumulates in
+/// float32 like the tensor path; the sums over a row's coordinates and the order of the
+/// terms round differently from it.
+pub(super) fn fused_eval_update(
+    kernel: StepKernel,
+    xk: &Tensor,
+    u: &Tensor,
+    xi: &Tensor,
+    r: &mut Tensor,
+    ito: bool,
+) -> Tensor {
+    #[cfg(test)]
+    FUSED_EVAL_STEPS.with(|c| c.set(c.get() + 1));
+    let xk = xk.contiguous();
+    let u = u.contiguous();
+    let xi = xi.contiguous();
+    let (xs, us, xis) = (host(&xk), host(&u), host(&xi));
+    let n = r.numel();
+    let d = xs.len() / n.max(1);
+    let x_t = Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu));
+    let (x_next, rv) = (host_mut(&x_t), host_mut(r));
+    let f = |v: f64| v as f32;
+    // r_k = rs·X for the Euler forms (0 for the linear ones); ΔŴ = ξ√Δ·λ (Euler) or
+    // ξ·ito_scale; X_{k+1} as StepKernel::advance computes it.
+    let quad = f(kernel.quad());
+    let ito_scale = if ito { f(kernel.ito_scale()) } else { 0.0 };
+    match kernel {
+        StepKernel::Euler {
+            dt,
+            sigma,
+            a,
+            lam,
+            rs,
+        } => {
+            let (rs, sq, noise) = (f(rs), f(dt.sqrt()), f(sigma * lam));
+            let (dt, sigma, a) = (f(dt), f(sigma), f(a));
+            for (i, ri) in rv.iter_mut().enumerate() {
+                let (mut sqn, mut itos) = (0f32, 0f32);
+                for j in i * d..(i + 1) * d {
+                    let (x, uu) = (xs[j], us[j]);
+                    let diff = uu - x * rs;
+                    sqn += diff * diff;
+                    let dw = xis[j] * sq;
+                    itos += diff * dw;
+                    x_next[j] = x + (x * a + uu * sigma) * dt + dw * noise;
+                }
+                *ri += sqn * 0.5 * quad;
+                if ito {
+                    *ri += itos * ito_scale;
+                }
+            }
+        }
+        StepKernel::Exp { .. } | StepKernel::Discrete { .. } => {
+            let (decay, gain, noise) = kernel.linear().expect("a linear form");
+            let (decay, gain, noise) = (f(decay), f(gain), f(noise));
+            for (i, ri) in rv.iter_mut().enumerate() {
+                let (mut sqn, mut itos) = (0f32, 0f32);
+                for j in i * d..(i + 1) * d {
+                    let uu = us[j];
+                    sqn += uu * uu;
+                    itos += uu * xis[j];
+                    x_next[j] = xs[j] * decay + uu * gain + xis[j] * noise;
+                }
+                *ri += sqn * 0.5 * quad;
+                if ito {
+                    *ri += itos * ito_scale;
+                }
+            }
+        }
+    }
+    x_t
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`fused_eval_update`] on this thread (tests check that the path is taken).
+    pub(super) static FUSED_EVAL_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }

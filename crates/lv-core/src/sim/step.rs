@@ -1,7 +1,7 @@
 //! The step-by-step simulation: Euler–Maruyama (or exponential-integrator) steps of the
 //! generative SDE with R accumulated from each step's [`StepKernel`].
 
-use super::fused::fused_lv_update;
+use super::fused::{fused_eval_update, fused_lv_update};
 use super::kernel::StepKernel;
 use super::{
     prior_log_prob, rowdot, terminal_term, Controls, DivMode, KeptControls, Mode, Recording,
@@ -80,11 +80,11 @@ pub fn simulate_with_noise(
     let mut kept_u = Vec::new();
     let mut kept_c = Vec::new();
     // The kept-controls path on CPU float32 updates X and R in one host pass per step.
-    let fused = keep
-        && zc.is_none()
-        && !opts.record
-        && x0.device() == tch::Device::Cpu
-        && x0.kind() == Kind::Float;
+    let host_batch =
+        zc.is_none() && !opts.record && x0.device() == tch::Device::Cpu && x0.kind() == Kind::Float;
+    let fused = keep && host_batch;
+    // Evaluations without an inference control update X and R in one host pass per step too.
+    let fused_eval = mode.eval() && host_batch && controls.v.is_none() && lam == 1.0;
     let n = x0.size()[0];
     let d = x0.size()[1];
     let dim = d as usize;
@@ -174,6 +174,13 @@ pub fn simulate_with_noise(
             let (x_next, coef) = fused_lv_update(kernel, &xk, &u, &xi, &mut r);
             x = x_next;
             kept_c.push(coef);
+            continue;
+        }
+        if fused_eval {
+            x = fused_eval_update(kernel, &xk, &u, &xi, &mut r, mode.ito());
+            if method.form == RndForm::TimeReversal {
+                r -= method.sde.div_drift_integral(t, t + dt, dim);
+            }
             continue;
         }
         // The reference control r_k of the form (kernel module doc).

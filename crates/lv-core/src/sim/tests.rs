@@ -174,3 +174,89 @@ fn pis_reference_terminal_law_is_n_0_sigma2_t() {
         assert!(gap < 1e-9, "{mode:?}: max |R + log Z| = {gap}");
     }
 }
+
+/// The fused host step of an evaluation (CPU float32, no inference control) gives the tensor
+/// code's X_N and R: the same simulation in float64 (tensor path) from the same prior
+/// draws and noise, for every step kernel (PIS and DIS Euler forms, DDS's exponential
+/// integrator, RSMC's OU kernel), with and without the Itô term.
+#[test]
+fn fused_eval_step_matches_tensor_path() {
+    let _g = rng_lock();
+    let (n, d, steps) = (64i64, 3usize, 30usize);
+    let target = ScaledGauss {
+        dim: d,
+        mean: 0.3,
+        std: 1.2,
+        log_z: 0.0,
+    };
+    let u = FnControl(u_fn);
+    let methods = [
+        Method::pis(steps).unwrap(),
+        Method::dis(steps).unwrap(),
+        Method::dds(steps).unwrap(),
+        Method::ou_dds(steps, 1.5, 6.0).unwrap(),
+    ];
+    for method in &methods {
+        tch::manual_seed(3);
+        let x0 = method.prior.sample(n, d as i64, tch::Device::Cpu);
+        let noise = Tensor::randn([steps as i64, n, d as i64], (Kind::Float, tch::Device::Cpu));
+        for mode in [Mode::EvalIto, Mode::EvalNoIto] {
+            let run = |kind: Kind| {
+                tch::no_grad(|| {
+                    super::simulate_with_noise(
+                        method,
+                        &method.grid,
+                        &target,
+                        Controls::new(&u),
+                        &x0.to_kind(kind),
+                        SimOptions::new(mode),
+                        Some(&noise.to_kind(kind)),
+                    )
+                })
+            };
+            let before = super::fused::FUSED_EVAL_STEPS.with(|c| c.get());
+            let fused = run(Kind::Float);
+            let taken = super::fused::FUSED_EVAL_STEPS.with(|c| c.get()) - before;
+            assert_eq!(
+                taken, steps,
+                "{:?}: the fused step was not taken",
+                method.form
+            );
+            let tensor = run(Kind::Double);
+            let gap = |a: &Tensor, b: &Tensor| {
+                let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+                (&a - &b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]))
+            };
+            let (gx, gr) = (
+                gap(&fused.x_final, &tensor.x_final),
+                gap(&fused.rnd, &tensor.rnd),
+            );
+            assert!(
+                gx < 1e-5 && gr < 1e-5,
+                "{:?} {mode:?}: X_N gap {gx}, R gap {gr}",
+                method.form
+            );
+        }
+        // The Itô term is in the fused R: the two modes differ.
+        let r = |mode| {
+            tch::no_grad(|| {
+                super::simulate_with_noise(
+                    method,
+                    &method.grid,
+                    &target,
+                    Controls::new(&u),
+                    &x0,
+                    SimOptions::new(mode),
+                    Some(&noise),
+                )
+                .rnd
+            })
+        };
+        let ito = (r(Mode::EvalIto) - r(Mode::EvalNoIto)).abs().max();
+        assert!(
+            ito.double_value(&[]) > 1e-3,
+            "{:?}: no Itô term",
+            method.form
+        );
+    }
+}

@@ -332,6 +332,12 @@ macro_rules! delegate_control {
             fn tape_vjp_supported(&self) -> bool {
                 self.0.tape_vjp_supported()
             }
+            fn start_inference(&self) -> bool {
+                self.0.start_inference()
+            }
+            fn end_inference(&self) {
+                self.0.end_inference()
+            }
             fn fork(&self) -> Option<Box<dyn Control + Send>> {
                 Some(Box::new(Self(self.0.forked())))
             }

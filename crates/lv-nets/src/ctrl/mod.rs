@@ -186,6 +186,12 @@ macro_rules! net_tape {
         fn tape_vjp_supported(&self) -> bool {
             self.net.tape_supported()
         }
+        fn start_inference(&self) -> bool {
+            self.net.start_inference()
+        }
+        fn end_inference(&self) {
+            self.net.end_inference()
+        }
     };
 }
 

@@ -28,6 +28,14 @@ pub(crate) struct HeadArgs<'a> {
     pub clip_s: f64,
 }
 
+/// The state of native inference of one network.
+#[derive(Debug, Default)]
+struct Inference {
+    on: bool,
+    captured: Option<TrunkTape>,
+    scratch: Vec<f32>,
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -46,6 +54,10 @@ pub struct FourierMlp {
     cache: TimeCache,
     /// Native trunk recording in tape mode ([`FourierMlp::start_tape`]).
     tape: std::sync::Mutex<Option<TrunkTape>>,
+    /// Native inference ([`FourierMlp::start_inference`]): on or off, and the parameters,
+    /// embeddings and head values captured at the first evaluation after the times were
+    /// prepared (dropped with them), with the activation scratch.
+    infer: std::sync::Mutex<Inference>,
     /// Step buffers of finished tapes, reused by the next one (shared with forks).
     pool: std::sync::Arc<std::sync::Mutex<Vec<Vec<f32>>>>,
     emb: FourierEmbedding,
@@ -77,6 +89,7 @@ impl FourierMlp {
         Ok(Self {
             cache: TimeCache::default(),
             tape: Default::default(),
+            infer: Default::default(),
             pool: Default::default(),
             emb,
             time1,
@@ -96,6 +109,7 @@ impl FourierMlp {
         Self {
             cache: TimeCache::default(),
             tape: Default::default(),
+            infer: Default::default(),
             pool: self.pool.clone(),
             emb: self.emb.fork(),
             time1: fork_linear(&self.time1),
@@ -179,11 +193,46 @@ impl FourierMlp {
     pub fn prepare_times(&self, ts: &[f64]) {
         let e = self.time_embedding(&times_tensor(ts, self.device()));
         self.cache.set(ts, e);
+        lock(&self.infer).captured = None;
     }
 
     /// Drops the prepared embeddings.
     pub fn clear_times(&self) {
         self.cache.clear();
+        lock(&self.infer).captured = None;
+    }
+
+    /// Starts native inference ([`lv_core::Control::start_inference`]): until
+    /// [`FourierMlp::end_inference`], eligible evaluations without autograd recording (CPU
+    /// float32 `x` at a prepared time, no tape open) run the trunk natively, as in tape mode
+    /// but without recording. Only on CPU; returns whether it is on.
+    pub fn start_inference(&self) -> bool {
+        let on = self.tape_supported();
+        let mut inf = lock(&self.infer);
+        inf.on = on;
+        inf.captured = None;
+        on
+    }
+
+    /// Ends native inference.
+    pub fn end_inference(&self) {
+        *lock(&self.infer) = Inference::default();
+    }
+
+    /// The trunk's layers as the native code sees them (weights shared, biases copied).
+    fn native_layers(&self) -> Vec<TapeLayer> {
+        self.linears()
+            .into_iter()
+            .map(|l| TapeLayer {
+                w: l.ws.detach(),
+                b: match &l.bs {
+                    Some(b) => {
+                        Vec::<f32>::try_from(b.detach().to_kind(Kind::Float)).expect("float32 bias")
+                    }
+                    None => vec![0.0; l.ws.size()[0] as usize],
+                },
+            })
+            .collect()
     }
 
     fn linears(&self) -> Vec<&nn::Linear> {
@@ -202,20 +251,8 @@ impl FourierMlp {
         if !self.tape_supported() {
             return false;
         }
-        let layers =
-            self.linears()
-                .into_iter()
-                .map(|l| TapeLayer {
-                    w: l.ws.detach(),
-                    b: match &l.bs {
-                        Some(b) => Vec::<f32>::try_from(b.detach().to_kind(Kind::Float))
-                            .expect("float32 bias"),
-                        None => vec![0.0; l.ws.size()[0] as usize],
-                    },
-                })
-                .collect();
-        let width = self.input.ws.size()[0] as usize;
-        *lock(&self.tape) = Some(TrunkTape::new(layers, width));
+        let layers = self.native_layers();
+        *lock(&self.tape) = Some(TrunkTape::new(layers, self.width()));
         true
     }
 
@@ -311,7 +348,7 @@ impl FourierMlp {
         head: HeadArgs<'_>,
         values: HeadValues<'_>,
     ) -> Option<Tensor> {
-        if self.out_dim != self.dim || lock(&self.tape).is_none() {
+        if self.out_dim != self.dim || (lock(&self.tape).is_none() && !lock(&self.infer).on) {
             return None;
         }
         let score = match head.score {
@@ -335,6 +372,9 @@ impl FourierMlp {
         self.taped(t, x, Some(clip_m as f32), Some((hd, values)))
     }
 
+    /// The native trunk: recorded on the open tape with autograd recording, or (native
+    /// inference on, no tape, no recording) evaluated without recording. `None` where
+    /// neither applies (then the caller evaluates through libtorch).
     fn taped(
         &self,
         t: f64,
@@ -342,17 +382,52 @@ impl FourierMlp {
         clip: Option<f32>,
         head: Option<(Head<'_>, HeadValues<'_>)>,
     ) -> Option<Tensor> {
-        let mut guard = lock(&self.tape);
-        let tape = guard.as_mut()?;
         if x.device() != Device::Cpu
             || x.kind() != Kind::Float
             || x.dim() != 2
             || x.size()[1] != self.dim
             || x.requires_grad()
-            || !grad_mode_enabled()
         {
             return None;
         }
+        let mut guard = lock(&self.tape);
+        if let Some(tape) = guard.as_mut() {
+            if !grad_mode_enabled() {
+                return None;
+            }
+            let (k, head) = self.capture(tape, t, head)?;
+            // Take one buffer and release the pool (shared with forks on other threads).
+            let buf = lock(&self.pool).pop().unwrap_or_default();
+            return Some(tape.forward(k, x, buf, clip, head));
+        }
+        drop(guard);
+        let mut inf = lock(&self.infer);
+        if !inf.on || grad_mode_enabled() {
+            return None;
+        }
+        let Inference {
+            captured, scratch, ..
+        } = &mut *inf;
+        let tape =
+            captured.get_or_insert_with(|| TrunkTape::new(self.native_layers(), self.width()));
+        let (k, head) = self.capture(tape, t, head)?;
+        Some(tape.infer(k, x, scratch, clip, head))
+    }
+
+    /// The trunk width C.
+    fn width(&self) -> usize {
+        self.input.ws.size()[0] as usize
+    }
+
+    /// Captures the prepared embeddings (and head values) into `tape` at its first step and
+    /// returns the index of `t` among the prepared times, with the head to apply; `None`
+    /// when `t` or the head values are not prepared.
+    fn capture<'h>(
+        &self,
+        tape: &mut TrunkTape,
+        t: f64,
+        head: Option<(Head<'h>, HeadValues<'_>)>,
+    ) -> Option<(usize, Option<Head<'h>>)> {
         if !tape.has_embeddings() {
             let cache = lock(&self.cache.0);
             let (ts, e) = cache.as_ref()?;
@@ -376,9 +451,7 @@ impl FourierMlp {
             }
             None => None,
         };
-        // Take one buffer and release the pool (shared with forks on other threads).
-        let buf = lock(&self.pool).pop().unwrap_or_default();
-        Some(tape.forward(k, x, buf, clip, head))
+        Some((k, head))
     }
 
     /// NN at many times with one trunk call: rows `k·n .. (k+1)·n` of `x: [K·n, d]` are

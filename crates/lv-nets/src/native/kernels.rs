@@ -102,6 +102,30 @@ fn bias_gelu_impl(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// In place over rows of width `bias.len()`: h ← GELU(h + bias) (the value of
+/// [`bias_gelu_impl`], bit for bit, without GELU').
+#[inline(always)]
+fn bias_gelu_value_impl(h: &mut [f32], bias: &[f32]) {
+    let c = bias.len();
+    if !c.is_multiple_of(LANES) {
+        for hr in h.chunks_exact_mut(c) {
+            for (hv, b) in hr.iter_mut().zip(bias) {
+                *hv = gelu_pair(*hv + b).0;
+            }
+        }
+        return;
+    }
+    for hr in h.chunks_exact_mut(c) {
+        for (hc, bc) in hr.chunks_exact_mut(LANES).zip(bias.chunks_exact(LANES)) {
+            let hc: &mut [f32; LANES] = hc.try_into().expect("lane chunk");
+            let bc: &[f32; LANES] = bc.try_into().expect("lane chunk");
+            for j in 0..LANES {
+                hc[j] = gelu_pair(hc[j] + bc[j]).0;
+            }
+        }
+    }
+}
+
 /// dh = da ⊙ g over rows of width `colsum.len()`, and colsum += Σ_rows dh.
 #[inline(always)]
 fn mul_colsum_impl(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
@@ -126,6 +150,10 @@ macro_rules! simd_variant {
             #[target_feature(enable = $feat)]
             pub unsafe fn bias_gelu(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
                 super::bias_gelu_impl(h, g, bias)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn bias_gelu_value(h: &mut [f32], bias: &[f32]) {
+                super::bias_gelu_value_impl(h, bias)
             }
             #[target_feature(enable = $feat)]
             pub unsafe fn mul_colsum(da: &[f32], g: &[f32], dh: &mut [f32], colsum: &mut [f32]) {
@@ -196,6 +224,37 @@ fn bias_gelu_serial(h: &mut [f32], g: &mut [f32], bias: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::bias_gelu(h, g, bias) },
         _ => bias_gelu_impl(h, g, bias),
+    }
+}
+
+/// [`bias_gelu`] without GELU' (inference): h ← GELU(h + bias), split by rows over
+/// libtorch's OpenMP team.
+pub(super) fn bias_gelu_value(h: &mut [f32], bias: &[f32]) {
+    bias_gelu_value_on(par::threads(), h, bias)
+}
+
+fn bias_gelu_value_on(threads: usize, h: &mut [f32], bias: &[f32]) {
+    let c = bias.len().max(1);
+    let parts = par::split_rows(h.len() / c, GRAIN.div_ceil(c), threads);
+    if parts.len() == 1 {
+        return bias_gelu_value_serial(h, bias);
+    }
+    let hv = par::SharedMut::new(h);
+    par::run_parts(&parts, &|_, rows| {
+        // SAFETY: the parts' rows are disjoint.
+        let hp = unsafe { hv.slice(rows.start * c..rows.end * c) };
+        bias_gelu_value_serial(hp, bias);
+    });
+}
+
+fn bias_gelu_value_serial(h: &mut [f32], bias: &[f32]) {
+    match isa() {
+        // SAFETY: the features were detected at run time.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::bias_gelu_value(h, bias) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::bias_gelu_value(h, bias) },
+        _ => bias_gelu_value_impl(h, bias),
     }
 }
 
@@ -317,6 +376,12 @@ mod tests {
             "elementwise pass differs between 1 and 2 threads"
         );
         assert_ne!(h1, vals(1), "the pass wrote nothing");
+        // The value-only pass (inference) writes the same values, serial or split.
+        for threads in [1, 2] {
+            let mut hv = vals(1);
+            bias_gelu_value_on(threads, &mut hv, &bias);
+            assert!(hv == h1, "value-only pass differs ({threads} threads)");
+        }
 
         let da = vals(7);
         let (mut d1, mut s1) = (vec![0f32; n * c], vec![0.5f32; c]);

@@ -2,7 +2,7 @@
 //! of the Langevin-preconditioned controls ([`Head`]) and the trunk's backward over all
 //! recorded steps (see the [module docs](super)).
 
-use super::kernels::{bias_gelu, mul_colsum};
+use super::kernels::{bias_gelu, bias_gelu_value, mul_colsum};
 use super::views::{host, host_mut_contig, to_vec, view, view_mut};
 use tch::Tensor;
 
@@ -79,6 +79,10 @@ pub(crate) struct Head<'a> {
     /// c_s.
     pub clip_s: f32,
 }
+
+/// Rows per block of [`TrunkTape::infer`]: two `[1024, 64]` float32 activation buffers
+/// (512 KiB) and the GEMMs' packed operands fit a core's L2 cache.
+const INFER_ROWS: usize = 1024;
 
 /// Recorded trunk evaluations of one simulation (see the module docs).
 pub(crate) struct TrunkTape {
@@ -174,60 +178,14 @@ impl TrunkTape {
         clip: Option<f32>,
         head: Option<Head<'_>>,
     ) -> Tensor {
-        let c = self.width;
-        let n = x.size()[0] as usize;
+        let (n, c) = (x.size()[0] as usize, self.width);
         let nl = self.layers.len() - 1; // GELU layers
         let x = x.detach().contiguous();
         buf.resize(2 * nl * n * c, 0.0);
         let (acts, gs) = buf.split_at_mut(nl * n * c);
-        let (_, emb) = self
-            .emb
-            .as_ref()
-            .expect("embeddings captured before forward");
-        let e = &emb[k * c..(k + 1) * c];
-        let bias0: Vec<f32> = self.layers[0].b.iter().zip(e).map(|(b, e)| b + e).collect();
-        let mut mask = Vec::new();
-        let mut head_rec = None;
-        let out = tch::no_grad(|| {
-            for l in 0..nl {
-                let (prev, cur) = acts.split_at_mut(l * n * c);
-                let h = &mut cur[..n * c];
-                let w = &self.layers[l].w;
-                let input = if l == 0 {
-                    x.shallow_clone()
-                } else {
-                    view(&prev[(l - 1) * n * c..], n, c)
-                };
-                let _ = input.mm_out(&view_mut(h, n, c), &w.tr());
-                let bias = if l == 0 { &bias0 } else { &self.layers[l].b };
-                bias_gelu(h, &mut gs[l * n * c..(l + 1) * n * c], bias);
-            }
-            let last = &self.layers[nl];
-            // GEMM, then the bias (and the clamp) in one host pass: libtorch's addmm
-            // broadcasts a d_out-wide bias over the rows in a separate, slow pass.
-            let out = view(&acts[(nl - 1) * n * c..], n, c).mm(&last.w.tr());
-            let vals = host_mut_contig(&out);
-            let d_out = last.b.len();
-            for row in vals.chunks_exact_mut(d_out) {
-                row.iter_mut().zip(&last.b).for_each(|(v, b)| *v += b);
-            }
-            if let Some(cl) = clip {
-                // Keep the gradient mask, then clamp in place.
-                mask.clear();
-                mask.extend(vals.iter().map(|v| v.abs() <= cl)); // false for NaN, as in libtorch
-                vals.iter_mut().for_each(|v| *v = v.clamp(-cl, cl));
-            }
-            if let Some(hd) = &head {
-                let (z_c, pass) = self.add_head(k, hd, host(&x), vals);
-                head_rec = Some(HeadRecord {
-                    z_c,
-                    pass,
-                    x_coef: hd.x_coef,
-                    score_coef: hd.score.map(|(_, b)| b),
-                });
-            }
-            out.set_requires_grad(true)
-        });
+        let (out, mask, head_rec) =
+            tch::no_grad(|| self.run(k, &x, acts, Some(gs), clip, head.as_ref()));
+        let out = out.set_requires_grad(true);
         self.steps.push(TapeStep {
             k,
             x,
@@ -237,6 +195,126 @@ impl TrunkTape {
             head: head_rec,
         });
         out
+    }
+
+    /// The value of [`TrunkTape::forward`] without recording anything (inference without
+    /// gradients): the same computation, without GELU', in blocks of [`INFER_ROWS`] rows
+    /// whose activations (two `[rows, C]` buffers in `scratch`, resized here, taking turns)
+    /// stay in the core's cache. Up to [`INFER_ROWS`] rows it is the tape's value bit for
+    /// bit; on larger batches the GEMMs run on blocks of rows, which BLAS may round
+    /// differently.
+    pub fn infer(
+        &self,
+        k: usize,
+        x: &Tensor,
+        scratch: &mut Vec<f32>,
+        clip: Option<f32>,
+        head: Option<Head<'_>>,
+    ) -> Tensor {
+        let (n, c) = (x.size()[0] as usize, self.width);
+        let x = x.detach().contiguous();
+        scratch.resize(2 * n.min(INFER_ROWS) * c, 0.0);
+        tch::no_grad(|| {
+            if n <= INFER_ROWS {
+                return self.run(k, &x, scratch, None, clip, head.as_ref()).0;
+            }
+            let d_out = self.layers.last().map_or(0, |l| l.b.len());
+            let out = Tensor::empty([n as i64, d_out as i64], (x.kind(), x.device()));
+            let dst = host_mut_contig(&out);
+            for r0 in (0..n).step_by(INFER_ROWS) {
+                let rows = INFER_ROWS.min(n - r0);
+                let xb = x.narrow(0, r0 as i64, rows as i64);
+                let hb = head.as_ref().map(|hd| Head {
+                    score: hd
+                        .score
+                        .map(|(sc, b)| (&sc[r0 * d_out..(r0 + rows) * d_out], b)),
+                    ..*hd
+                });
+                let (ob, _, _) = self.run(k, &xb, scratch, None, clip, hb.as_ref());
+                dst[r0 * d_out..(r0 + rows) * d_out].copy_from_slice(host(&ob));
+            }
+            out
+        })
+    }
+
+    /// The trunk at time index `k` on the contiguous `x`, then the output bias, the clamp and
+    /// the head. With `gs` (recording) `acts` holds a_0 … a_{L−1} and `gs` GELU'(h_0) …; without,
+    /// `acts` holds two `[n, C]` buffers used in turn. Returns the value, the clamp's gradient
+    /// mask (empty without a clip) and the head's record.
+    fn run(
+        &self,
+        k: usize,
+        x: &Tensor,
+        acts: &mut [f32],
+        mut gs: Option<&mut [f32]>,
+        clip: Option<f32>,
+        head: Option<&Head<'_>>,
+    ) -> (Tensor, Vec<bool>, Option<HeadRecord>) {
+        let c = self.width;
+        let n = x.size()[0] as usize;
+        let nc = n * c;
+        let nl = self.layers.len() - 1; // GELU layers
+        let (_, emb) = self
+            .emb
+            .as_ref()
+            .expect("embeddings captured before forward");
+        let e = &emb[k * c..(k + 1) * c];
+        let bias0: Vec<f32> = self.layers[0].b.iter().zip(e).map(|(b, e)| b + e).collect();
+        // Where layer l's activation lives in `acts`.
+        let keep = gs.is_some();
+        let slot = move |l: usize| if keep { l } else { l % 2 };
+        for l in 0..nl {
+            let s = slot(l) * nc;
+            let (lo, hi) = acts.split_at_mut(s);
+            let (h, above) = hi.split_at_mut(nc);
+            let input = if l == 0 {
+                x.shallow_clone()
+            } else {
+                // The previous layer's slot: below this one, or (taking turns) above it.
+                let p = slot(l - 1) * nc;
+                let prev = if p < s {
+                    &lo[p..p + nc]
+                } else {
+                    &above[p - s - nc..p - s]
+                };
+                view(prev, n, c)
+            };
+            let w = &self.layers[l].w;
+            let _ = input.mm_out(&view_mut(h, n, c), &w.tr());
+            let bias = if l == 0 { &bias0 } else { &self.layers[l].b };
+            match gs.as_deref_mut() {
+                Some(g) => bias_gelu(h, &mut g[l * nc..(l + 1) * nc], bias),
+                None => bias_gelu_value(h, bias),
+            }
+        }
+        let last = &self.layers[nl];
+        // GEMM, then the bias (and the clamp) in one host pass: libtorch's addmm broadcasts a
+        // d_out-wide bias over the rows in a separate, slow pass.
+        let top = slot(nl - 1) * nc;
+        let out = view(&acts[top..top + nc], n, c).mm(&last.w.tr());
+        let vals = host_mut_contig(&out);
+        let d_out = last.b.len();
+        for row in vals.chunks_exact_mut(d_out) {
+            row.iter_mut().zip(&last.b).for_each(|(v, b)| *v += b);
+        }
+        let mut mask = Vec::new();
+        if let Some(cl) = clip {
+            // Keep the gradient mask (when recording), then clamp in place.
+            if keep {
+                mask.extend(vals.iter().map(|v| v.abs() <= cl)); // false for NaN, as in libtorch
+            }
+            vals.iter_mut().for_each(|v| *v = v.clamp(-cl, cl));
+        }
+        let head_rec = head.map(|hd| {
+            let (z_c, pass) = self.add_head(k, hd, host(x), vals);
+            HeadRecord {
+                z_c,
+                pass,
+                x_coef: hd.x_coef,
+                score_coef: hd.score.map(|(_, b)| b),
+            }
+        });
+        (out, mask, head_rec)
     }
 
     /// vals += clamp(z, ±c_s) ⊙ s_k (see [`Head`]); returns the clipped z and where the clamp
