@@ -139,19 +139,25 @@ fn evaluation(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10));
     let s = setup("pis", "gmm9", 200);
     let controls = Controls::new(s.u.as_ref());
-    g.bench_function("pis-gmm9-n200-100k", |b| {
-        b.iter(|| {
-            let out = lv_core::estimate::evaluate(
-                &s.method,
-                s.target.as_ref(),
-                controls,
-                100_000,
-                10_000,
-                Device::Cpu,
-            );
-            black_box(out.estimates.log_z_is)
-        })
-    });
+    for (name, native) in [
+        ("pis-gmm9-n200-100k", false),
+        ("pis-gmm9-n200-100k-native", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let out = lv_core::estimate::evaluate(
+                    &s.method,
+                    s.target.as_ref(),
+                    controls,
+                    100_000,
+                    10_000,
+                    Device::Cpu,
+                    native,
+                );
+                black_box(out.estimates.log_z_is)
+            })
+        });
+    }
     g.finish();
 }
 

@@ -94,7 +94,7 @@ pub fn run(steps: usize) -> Result<Summary> {
     Driver::new(&mut trainer, schedule).run(&mut ema, &mut NoObserver, &mut NoCheckpoint)?;
     drop(trainer);
     ema.swap_in();
-    let out = evaluate(&method, &target, controls, 4000, 4000, Device::Cpu);
+    let out = evaluate(&method, &target, controls, 4000, 4000, Device::Cpu, false);
     let ev = out.estimates;
     // The exact W2 between 1000 model samples and 1000 exact samples of the Gaussian.
     let to_nd = |t: &Tensor| -> Result<ndarray::Array2<f64>> {

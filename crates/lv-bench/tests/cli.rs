@@ -214,6 +214,47 @@ fn interrupted_and_resumed_run_equals_uninterrupted() {
     assert_eq!(arr.dim(), (10, 2));
 }
 
+/// `lv eval` on a finished run reproduces the run's own final evaluation: the same EMA
+/// weights, noise and clip values. The run passes both clip milestones with clips that bind
+/// (the network's output clipped at 0.002 × 5² at the end), so evaluating with the initial
+/// clip values would give other estimates.
+#[test]
+fn lv_eval_reproduces_the_final_evaluation() {
+    let dir = tmp("reeval");
+    let text = TINY
+        .replace(
+            "[train]\n",
+            "[train]\nclip_milestones = [2, 4]\nlr = 0.05\n",
+        )
+        .replace("[model.mlp]", "[model]\nclip_model = 0.002\n[model.mlp]");
+    let cfg = write_config(&dir, &text);
+    let run = dir.join("run");
+    let st = lv()
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let trained: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let out = lv().arg("eval").arg(&run).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["log_z_is", "log_z_elbo", "log_z_lb_ito", "ess", "lv"] {
+        assert!(trained[k].is_f64(), "results.json lacks `{k}`");
+        assert_eq!(
+            trained[k], again[k],
+            "`{k}` of lv eval differs from the run's"
+        );
+    }
+}
+
 #[test]
 fn bad_configurations_fail_before_training() {
     let dir = tmp("bad");

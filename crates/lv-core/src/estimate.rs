@@ -123,8 +123,10 @@ impl Drop for Inference<'_> {
 
 /// Two evaluation passes from the *same* prior draws with independent noise (spec §4), in
 /// chunks of `chunk` trajectories, without parameter gradients (autograd is kept locally
-/// where scores or divergences need it). The controls' networks run natively where they can
-/// ([`crate::Control::start_inference`]).
+/// where scores or divergences need it). With `native` the controls' networks run natively
+/// where they can ([`crate::Control::start_inference`]) and the steps update X and R in one
+/// host pass ([`SimOptions::fused_eval`]): the same estimators, rounded differently
+/// ([`crate::train::TrainSettings::native_eval`]).
 pub fn evaluate(
     method: &Method,
     target: &dyn Target,
@@ -132,6 +134,7 @@ pub fn evaluate(
     n: usize,
     chunk: usize,
     device: Device,
+    native: bool,
 ) -> EvalOutput {
     let d = target.dim() as i64;
     let chunk = chunk.max(1);
@@ -140,26 +143,18 @@ pub fn evaluate(
     let mut samples = Vec::new();
     let mut sample_seconds = 0.0;
     let mut done = 0;
-    let _inference = Inference::start(controls);
+    let _inference = native.then(|| Inference::start(controls));
+    let opts = |mode| SimOptions {
+        fused_eval: native,
+        ..SimOptions::new(mode)
+    };
     while done < n {
         let m = chunk.min(n - done) as i64;
         tch::no_grad(|| {
             let x0 = method.prior.sample(m, d, device);
-            let p1 = simulate(
-                method,
-                target,
-                controls,
-                &x0,
-                SimOptions::new(Mode::EvalIto),
-            );
+            let p1 = simulate(method, target, controls, &x0, opts(Mode::EvalIto));
             let t0 = std::time::Instant::now();
-            let p2 = simulate(
-                method,
-                target,
-                controls,
-                &x0,
-                SimOptions::new(Mode::EvalNoIto),
-            );
+            let p2 = simulate(method, target, controls, &x0, opts(Mode::EvalNoIto));
             let r2 = to_vec(&p2.rnd);
             sample_seconds += t0.elapsed().as_secs_f64();
             neg_r1.extend(to_vec(&p1.rnd).into_iter().map(|r| -r));

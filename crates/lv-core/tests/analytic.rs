@@ -47,7 +47,16 @@ fn pis_reference_target_is_exact_for_any_grid() {
             rnd_var(&out.rnd)
         );
         assert!((out.rnd.mean(Kind::Float).double_value(&[]) + c).abs() < 1e-4);
-        let ev = evaluate(&m, &target, Controls::new(&ZeroControl), 512, 200, CPU).estimates;
+        let ev = evaluate(
+            &m,
+            &target,
+            Controls::new(&ZeroControl),
+            512,
+            200,
+            CPU,
+            false,
+        )
+        .estimates;
         assert!((ev.log_z_is - c).abs() < 1e-4, "log Z IS {}", ev.log_z_is);
         assert!((ev.log_z_elbo - c).abs() < 1e-4);
         assert!((ev.ess - 1.0).abs() < 1e-6);
@@ -78,7 +87,7 @@ fn pis_gaussian_optimal_control() {
     for steps in [25, 100, 400] {
         let meth = Method::pis(steps).unwrap();
         let u = FnControl(pis_optimal(0.2f64.sqrt(), 5.0, m, s2));
-        let ev = evaluate(&meth, &target, Controls::new(&u), 4000, 4000, CPU).estimates;
+        let ev = evaluate(&meth, &target, Controls::new(&u), 4000, 4000, CPU, true).estimates;
         lvs.push(ev.lv);
         assert!(
             (ev.log_z_is - c).abs() < 0.02,
@@ -95,7 +104,7 @@ fn pis_gaussian_optimal_control() {
     let meth = Method::pis(100).unwrap();
     let opt = pis_optimal(0.2f64.sqrt(), 5.0, m, s2);
     let bad = FnControl(move |t: f64, x: &Tensor| opt(t, x) + 0.5);
-    let ev = evaluate(&meth, &target, Controls::new(&bad), 4000, 4000, CPU).estimates;
+    let ev = evaluate(&meth, &target, Controls::new(&bad), 4000, 4000, CPU, false).estimates;
     assert!(ev.lv > 0.1, "perturbed LV {}", ev.lv);
     assert!(ev.log_z_elbo < c, "ELBO {} vs log Z {c}", ev.log_z_elbo);
     assert!(ev.ess < 0.95);
@@ -126,7 +135,7 @@ fn dis_gaussian_optimal_control() {
             let v = s2 * (-b).exp() + 1.0 - (-b).exp();
             x * (-sde.sigma(t) / v)
         });
-        let ev = evaluate(&meth, &target, Controls::new(&u), 4000, 4000, CPU).estimates;
+        let ev = evaluate(&meth, &target, Controls::new(&u), 4000, 4000, CPU, true).estimates;
         lvs.push(ev.lv);
         // The VP schedule (β up to 10) makes the Euler error of DIS large: LV ∝ 1/N
         // (measured: 0.30, 0.074, 0.018 for N = 100, 400, 1600).
@@ -144,7 +153,7 @@ fn dis_gaussian_optimal_control() {
     assert!(lvs[2] < 0.03, "{lvs:?}");
     let meth = Method::dis(100).unwrap();
     let bad = FnControl(|_t: f64, x: &Tensor| x.ones_like() * 0.7);
-    let ev = evaluate(&meth, &target, Controls::new(&bad), 4000, 4000, CPU).estimates;
+    let ev = evaluate(&meth, &target, Controls::new(&bad), 4000, 4000, CPU, false).estimates;
     assert!(ev.lv > 0.1 && ev.log_z_elbo < c, "{ev:?}");
 }
 
@@ -400,7 +409,16 @@ fn zero_com_pis_reference_target_is_exact() {
         .mean_dim([1i64].as_slice(), false, Kind::Float);
     assert!(com.abs().max().double_value(&[]) < 1e-5);
     assert!(out.x_final.abs().max().double_value(&[]) > 0.1);
-    let ev = evaluate(&m, &target, Controls::new(&ZeroControl), 512, 200, CPU).estimates;
+    let ev = evaluate(
+        &m,
+        &target,
+        Controls::new(&ZeroControl),
+        512,
+        200,
+        CPU,
+        false,
+    )
+    .estimates;
     assert!(
         (ev.log_z_is - log_z).abs() < 1e-4,
         "log Z IS {} vs {log_z}",

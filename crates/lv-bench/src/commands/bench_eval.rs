@@ -80,6 +80,7 @@ pub fn run(args: &BenchEvalArgs, ov: &crate::run::Overrides) -> Result<()> {
                     e.n,
                     e.chunk,
                     b.device,
+                    res.cfg.train.native_eval,
                 );
                 out.samples
             }

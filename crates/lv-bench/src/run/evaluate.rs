@@ -58,6 +58,7 @@ pub(crate) fn evaluate_run(
                 cfg.eval.n,
                 cfg.eval.chunk,
                 b.device,
+                cfg.train.native_eval,
             );
             (out.estimates, out.samples, None, method.grid.steps())
         }

@@ -330,7 +330,7 @@ fn train_built(
 pub struct EvalArgs {
     /// The run folder.
     pub run: PathBuf,
-    /// Override a key of the run's config (e.g. `eval.n=20000`); training keys are ignored.
+    /// Override a key of the run's config (e.g. `eval.n=20000`); training keys have no effect, except `train.native_eval`.
     #[arg(long = "set")]
     pub set: Vec<String>,
 }
@@ -348,7 +348,8 @@ pub struct SampleArgs {
     pub out: PathBuf,
 }
 
-/// Loads a finished or interrupted run with its EMA weights in the model.
+/// Loads a finished or interrupted run with its EMA weights in the model and the clip
+/// schedule it had reached applied to the controls.
 fn open_run(
     dir: &Path,
     set: &[String],
@@ -369,6 +370,15 @@ fn open_run(
         })
         .collect();
     lv_nets::checkpoint::load_into_var_store(&built.vs, &ema).context("loading the EMA weights")?;
+    // The clip values the run had reached (its trainer applies the same schedule after every
+    // step, and a resumed run from its counters): the function its final evaluation used.
+    if let Sampler::Diffusion(_) = &built.sampler {
+        let f = res.cfg.train.clip_factor_after(meta.counters.successful);
+        built.u.set_clip_factor(f);
+        if let Some(v) = &built.v {
+            v.set_clip_factor(f);
+        }
+    }
     Ok((res, built, meta))
 }
 

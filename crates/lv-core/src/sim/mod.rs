@@ -134,6 +134,10 @@ pub struct SimOptions {
     /// the control in tape mode, and keep what the adjoint backward needs
     /// ([`AdjointRecord`]).
     pub adjoint: bool,
+    /// Evaluation modes on CPU float32 without an inference control or subspace: update X
+    /// and R in one host pass per step instead of the tensor code (the same terms, rounded
+    /// differently; [`crate::train::TrainSettings::native_eval`]).
+    pub fused_eval: bool,
 }
 
 impl SimOptions {
@@ -145,6 +149,7 @@ impl SimOptions {
             boundary_terms: true,
             keep_controls: false,
             adjoint: false,
+            fused_eval: false,
         }
     }
 }

@@ -209,7 +209,10 @@ fn fused_eval_step_matches_tensor_path() {
                         &target,
                         Controls::new(&u),
                         &x0.to_kind(kind),
-                        SimOptions::new(mode),
+                        SimOptions {
+                            fused_eval: true,
+                            ..SimOptions::new(mode)
+                        },
                         Some(&noise.to_kind(kind)),
                     )
                 })
@@ -246,7 +249,10 @@ fn fused_eval_step_matches_tensor_path() {
                     &target,
                     Controls::new(&u),
                     &x0,
-                    SimOptions::new(mode),
+                    SimOptions {
+                        fused_eval: true,
+                        ..SimOptions::new(mode)
+                    },
                     Some(&noise),
                 )
                 .rnd

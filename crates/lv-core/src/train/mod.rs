@@ -187,7 +187,7 @@ impl<'a> Trainer<'a> {
 
     /// Applies the clip schedule reached so far (×`clip_factor` per milestone) to the controls.
     pub fn apply_clip_schedule(&self) {
-        let f = self.settings.clip_factor.powi(self.milestones_reached());
+        let f = self.settings.clip_factor_after(self.counters.successful);
         self.controls.u.set_clip_factor(f);
         if let Some(v) = self.controls.v {
             v.set_clip_factor(f);
@@ -458,6 +458,7 @@ impl<'a> Trainer<'a> {
             n,
             chunk,
             self.device,
+            self.settings.native_eval,
         );
         (out.estimates, out.samples)
     }

@@ -75,6 +75,15 @@ pub struct TrainSettings {
     /// without it keep their hashes).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kl_adjoint: bool,
+    /// The evaluations (periodic and final, [`crate::estimate::evaluate`]) run the controls'
+    /// networks natively without a tape ([`Control::start_inference`]) and update X and R
+    /// in one host pass per step (CPU float32, no inference control). The same estimators,
+    /// rounded differently: on chaotic targets a trajectory's R can move by more than the
+    /// rounding (docs/performance.md, "Evaluation throughput"). Off by default, so that
+    /// runs reproduce the committed tables, which the tensor path evaluated; serialised only
+    /// when on (so configs without it keep their hashes).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub native_eval: bool,
     /// Batch shards for the full-trajectory paths (direct LV and the graph path of KL,
     /// moment and LV without replay) on CPU: the batch is split into this many row blocks,
     /// each simulated and backpropagated on its own thread with one libtorch thread, using a
@@ -98,6 +107,17 @@ pub struct TrainSettings {
 }
 
 impl TrainSettings {
+    /// The factor of the controls' clip values after `successful` optimizer steps:
+    /// `clip_factor` to the power of the milestones reached (`successful ≥ m`).
+    pub fn clip_factor_after(&self, successful: usize) -> f64 {
+        let reached = self
+            .clip_milestones
+            .iter()
+            .filter(|&&m| successful >= m)
+            .count();
+        self.clip_factor.powi(reached as i32)
+    }
+
     /// Checks the settings (not their agreement with a loss or a method, which the caller
     /// knows); errors name the key as `{prefix}steps` etc.
     pub fn check(&self, prefix: &str) -> anyhow::Result<()> {
@@ -198,6 +218,7 @@ impl Default for TrainSettings {
             lv_direct_max_rows: 2_000_000,
             native_trunk: true,
             kl_adjoint: false,
+            native_eval: false,
             batch_shards: 0,
             explore_scale: 1.0,
             explore_steps: 0,
