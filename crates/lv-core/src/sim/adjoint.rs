@@ -60,10 +60,26 @@ impl AdjointRecord {
         let g = g.detach().to_kind(Kind::Float).unsqueeze(1);
         let hvp = target.score_in_graph() && control.needs_target_score();
         let mut a = terminal_grad(method, target, &self.x_final, &g);
+        let host = host_f32(&g) && host_f32(&a);
         tch::no_grad(|| {
             for st in self.steps.into_iter().rev() {
                 let (decay, gain) = st.kernel.state_derivatives();
                 let rs = st.kernel.ref_scale();
+                if host && [&st.x, &st.u, &st.ito_noise].iter().all(|t| host_f32(t)) {
+                    // The same recursion in two host passes around the control's backward.
+                    let (delta, gc) = fused::delta(&st, self.ito, &g, &a);
+                    let vjp = control
+                        .tape_vjp(&delta)
+                        .expect("adjoint: one taped control evaluation per step");
+                    let mut next = fused::next(decay, rs, &a, &vjp.x, &gc);
+                    if hvp {
+                        if let Some(ds) = &vjp.score {
+                            next += score_vjp(target, &st.x, ds);
+                        }
+                    }
+                    a = next;
+                    continue;
+                }
                 let diff = if rs != 0.0 {
                     &st.u - &st.x * rs
                 } else {
@@ -122,4 +138,85 @@ fn grad_of(s: &Tensor, x: &Tensor) -> Tensor {
         .into_iter()
         .next()
         .expect("one gradient")
+}
+
+/// Whether `t` is a CPU float32 tensor (the fused passes' operands).
+fn host_f32(t: &Tensor) -> bool {
+    t.device() == tch::Device::Cpu && t.kind() == Kind::Float
+}
+
+/// The adjoint step of [`AdjointRecord::backward`] on CPU float32 in host passes: the same
+/// terms as the tensor code, each row's in its own loop (float32, rounded like the tensor
+/// code's products and sums).
+pub(super) mod fused {
+    use super::AdjointStep;
+    use tch::{Kind, Tensor};
+
+    fn slice(t: &Tensor) -> &[f32] {
+        assert!(t.is_contiguous() && t.kind() == Kind::Float);
+        // SAFETY: contiguous CPU float32 storage of `numel` elements, alive while `t` is.
+        unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn slice_mut(t: &Tensor) -> &mut [f32] {
+        assert!(t.is_contiguous() && t.kind() == Kind::Float);
+        // SAFETY: as above; `t` is a tensor allocated here, with no other view.
+        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+    }
+
+    /// (δ_k, g c_k) with c_k = q_k(u_k − rs·X_k) [+ s_k ξ̃_k] and δ_k = g c_k + e_k a_{k+1}.
+    pub(super) fn delta(st: &AdjointStep, ito: bool, g: &Tensor, a: &Tensor) -> (Tensor, Tensor) {
+        #[cfg(test)]
+        STEPS.with(|c| c.set(c.get() + 1));
+        let (x, u, xi) = (
+            st.x.contiguous(),
+            st.u.contiguous(),
+            st.ito_noise.contiguous(),
+        );
+        let (g, a) = (g.contiguous(), a.contiguous());
+        let (xs, us, xis, gs, as_) = (slice(&x), slice(&u), slice(&xi), slice(&g), slice(&a));
+        let n = gs.len();
+        let d = us.len() / n.max(1);
+        let f = |v: f64| v as f32;
+        let (_, gain) = st.kernel.state_derivatives();
+        let (rs, quad, gain) = (f(st.kernel.ref_scale()), f(st.kernel.quad()), f(gain));
+        let ito_scale = f(st.kernel.ito_scale());
+        let delta = Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu));
+        let gc = Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu));
+        let (ds, gcs) = (slice_mut(&delta), slice_mut(&gc));
+        for (i, &gi) in gs.iter().enumerate() {
+            for j in i * d..(i + 1) * d {
+                let diff = if rs != 0.0 { us[j] - xs[j] * rs } else { us[j] };
+                let mut c = diff * quad;
+                if ito {
+                    c += xis[j] * ito_scale;
+                }
+                let v = c * gi;
+                gcs[j] = v;
+                ds[j] = v + as_[j] * gain;
+            }
+        }
+        (delta, gc)
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        /// Calls of [`delta`] on this thread (tests check that the host passes are taken).
+        pub(in crate::sim) static STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// a_k = d_k a_{k+1} + J_uᵀδ_k − rs·g c_k (the H·∂L/∂score term is added by the caller).
+    pub(super) fn next(decay: f64, rs: f64, a: &Tensor, jx: &Tensor, gc: &Tensor) -> Tensor {
+        let (a, jx) = (a.contiguous(), jx.contiguous());
+        let (as_, js, gcs) = (slice(&a), slice(&jx), slice(gc));
+        let (decay, rs) = (decay as f32, rs as f32);
+        let out = Tensor::empty(a.size(), (Kind::Float, tch::Device::Cpu));
+        let os = slice_mut(&out);
+        for (((o, &av), &jv), &gv) in os.iter_mut().zip(as_).zip(js).zip(gcs) {
+            let v = av * decay + jv;
+            *o = if rs != 0.0 { v - gv * rs } else { v };
+        }
+        out
+    }
 }

@@ -1,6 +1,7 @@
 //! The fused host updates on CPU float32: one pass over the rows per step computes X_{k+1}
 //! and the step's R terms from the step's [`StepKernel`], with ∂R/∂u_k for the
-//! kept-controls LV path ([`fused_lv_update`]), or for an evaluation ([`fused_eval_update`]).
+//! kept-controls LV path ([`fused_lv_update`]), or for a step with w = u ([`fused_wu_update`]: evaluations, the adjoint KL path's
+//! forward).
 
 use super::kernel::StepKernel;
 use tch::{Kind, Tensor};
@@ -103,13 +104,14 @@ pub(super) fn fused_lv_update(
     (x_t, coef_t)
 }
 
-/// One evaluation step (modes `EvalIto` and `EvalNoIto`: w = u, no inference control, no
-/// graph), fused over rows: returns X_{k+1} and adds the step's R terms to `r`: the
+/// One step with w = u and no graph (the evaluation modes `EvalIto` and `EvalNoIto`, and the
+/// KL modes on the adjoint path, whose graph is the adjoint's), without an inference
+/// control, fused over rows: returns X_{k+1} and adds the step's R terms to `r`: the
 /// quadratic term ½|u − r_k|²·q_k and, with `ito`, the Itô term (u − r_k)·ΔŴ_k, with the
 /// same [`StepKernel`] as the tensor code of [`super::simulate_with_noise`]. Accumulates in
 /// float32 like the tensor path; the sums over a row's coordinates and the order of the
 /// terms round differently from it.
-pub(super) fn fused_eval_update(
+pub(super) fn fused_wu_update(
     kernel: StepKernel,
     xk: &Tensor,
     u: &Tensor,
@@ -118,7 +120,7 @@ pub(super) fn fused_eval_update(
     ito: bool,
 ) -> Tensor {
     #[cfg(test)]
-    FUSED_EVAL_STEPS.with(|c| c.set(c.get() + 1));
+    FUSED_WU_STEPS.with(|c| c.set(c.get() + 1));
     let xk = xk.contiguous();
     let u = u.contiguous();
     let xi = xi.contiguous();
@@ -181,6 +183,6 @@ pub(super) fn fused_eval_update(
 
 #[cfg(test)]
 thread_local! {
-    /// Calls of [`fused_eval_update`] on this thread (tests check that the path is taken).
-    pub(super) static FUSED_EVAL_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Calls of [`fused_wu_update`] on this thread (tests check that the path is taken).
+    pub(super) static FUSED_WU_STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }

@@ -1,7 +1,7 @@
 //! The step-by-step simulation: Euler–Maruyama (or exponential-integrator) steps of the
 //! generative SDE with R accumulated from each step's [`StepKernel`].
 
-use super::fused::{fused_eval_update, fused_lv_update};
+use super::fused::{fused_lv_update, fused_wu_update};
 use super::kernel::StepKernel;
 use super::{
     prior_log_prob, rowdot, terminal_term, Controls, DivMode, KeptControls, Mode, Recording,
@@ -86,6 +86,8 @@ pub fn simulate_with_noise(
     // Evaluations without an inference control update X and R in one host pass per step too.
     let fused_eval =
         opts.fused_eval && mode.eval() && host_batch && controls.v.is_none() && lam == 1.0;
+    // So does the adjoint KL path's forward (no inference control or subspace, asserted).
+    let fused_adjoint = adjoint && host_batch;
     let n = x0.size()[0];
     let d = x0.size()[1];
     let dim = d as usize;
@@ -177,8 +179,20 @@ pub fn simulate_with_noise(
             kept_c.push(coef);
             continue;
         }
+        if fused_adjoint {
+            let ito_noise = kernel.ito_noise(&xi);
+            let x_next = fused_wu_update(kernel, &xk, &u, &xi, &mut r, mode.ito());
+            adj_steps.push(super::adjoint::AdjointStep {
+                kernel,
+                x: xk,
+                u,
+                ito_noise,
+            });
+            x = x_next;
+            continue;
+        }
         if fused_eval {
-            x = fused_eval_update(kernel, &xk, &u, &xi, &mut r, mode.ito());
+            x = fused_wu_update(kernel, &xk, &u, &xi, &mut r, mode.ito());
             if method.form == RndForm::TimeReversal {
                 r -= method.sde.div_drift_integral(t, t + dt, dim);
             }

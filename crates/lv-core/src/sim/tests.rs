@@ -217,9 +217,9 @@ fn fused_eval_step_matches_tensor_path() {
                     )
                 })
             };
-            let before = super::fused::FUSED_EVAL_STEPS.with(|c| c.get());
+            let before = super::fused::FUSED_WU_STEPS.with(|c| c.get());
             let fused = run(Kind::Float);
-            let taken = super::fused::FUSED_EVAL_STEPS.with(|c| c.get()) - before;
+            let taken = super::fused::FUSED_WU_STEPS.with(|c| c.get()) - before;
             assert_eq!(
                 taken, steps,
                 "{:?}: the fused step was not taken",
@@ -264,5 +264,110 @@ fn fused_eval_step_matches_tensor_path() {
             "{:?}: no Itô term",
             method.form
         );
+    }
+}
+
+/// A control u = `u_fn` that "tapes" its evaluations as the adjoint path needs (leaves that
+/// require grad) and answers [`crate::Control::tape_vjp`] analytically
+/// (J_uᵀδ = δ ⊙ ½cos x), recording the cotangents δ_k it receives.
+struct LeafControl {
+    xs: std::cell::RefCell<Vec<Tensor>>,
+    deltas: std::cell::RefCell<Vec<Tensor>>,
+}
+
+impl crate::Control for LeafControl {
+    fn eval(&self, t: f64, x: &Tensor, _score: Option<&Tensor>) -> Tensor {
+        self.xs.borrow_mut().push(x.detach());
+        u_fn(t, x).detach().set_requires_grad(true)
+    }
+    fn tape_vjp(&self, delta: &Tensor) -> Option<crate::control::TapeVjp> {
+        let x = self.xs.borrow_mut().pop()?;
+        self.deltas.borrow_mut().push(delta.detach().copy());
+        Some(crate::control::TapeVjp {
+            x: delta * x.cos() * 0.5,
+            score: None,
+        })
+    }
+}
+
+/// The adjoint KL path's host passes (CPU float32: the fused forward step and the fused
+/// backward recursion) against the tensor code (the same simulation and backward in
+/// float64): X_N, R and every cotangent δ_k = ∂L/∂u_k the control receives, for the four
+/// step kernels, KL and KL-Itô; the fused forward is taken on every step.
+#[test]
+fn fused_adjoint_steps_match_tensor_path() {
+    let _g = rng_lock();
+    let (n, d, steps) = (48i64, 3usize, 20usize);
+    let target = ScaledGauss {
+        dim: d,
+        mean: 0.3,
+        std: 1.2,
+        log_z: 0.0,
+    };
+    let methods = [
+        Method::pis(steps).unwrap(),
+        Method::dis(steps).unwrap(),
+        Method::dds(steps).unwrap(),
+        Method::ou_dds(steps, 1.5, 6.0).unwrap(),
+    ];
+    for method in &methods {
+        tch::manual_seed(5);
+        let x0 = method.prior.sample(n, d as i64, tch::Device::Cpu);
+        let noise = Tensor::randn([steps as i64, n, d as i64], (Kind::Float, tch::Device::Cpu));
+        let g = Tensor::rand([n], (Kind::Float, tch::Device::Cpu)) + 0.5;
+        for mode in [Mode::Kl, Mode::KlIto] {
+            let run = |kind: Kind| {
+                let c = LeafControl {
+                    xs: Default::default(),
+                    deltas: Default::default(),
+                };
+                let before = super::fused::FUSED_WU_STEPS.with(|c| c.get());
+                let out = tch::no_grad(|| {
+                    super::simulate_with_noise(
+                        method,
+                        &method.grid,
+                        &target,
+                        Controls::new(&c),
+                        &x0.to_kind(kind),
+                        SimOptions {
+                            adjoint: true,
+                            ..SimOptions::new(mode)
+                        },
+                        Some(&noise.to_kind(kind)),
+                    )
+                });
+                let mut fused = super::fused::FUSED_WU_STEPS.with(|c| c.get()) - before;
+                let rec = out.adjoint.expect("adjoint recording");
+                let before = super::adjoint::fused::STEPS.with(|c| c.get());
+                rec.backward(method, &target, &c, &g.to_kind(kind));
+                fused += super::adjoint::fused::STEPS.with(|c| c.get()) - before;
+                let deltas = c.deltas.into_inner();
+                (out.x_final, out.rnd, deltas, fused)
+            };
+            let (x32, r32, d32, fused) = run(Kind::Float);
+            let (x64, r64, d64, tensor) = run(Kind::Double);
+            // Forward and backward: one host pass each per step in float32, none in float64.
+            assert_eq!(
+                (fused, tensor),
+                (2 * steps, 0),
+                "{:?} {mode:?}",
+                method.form
+            );
+            let gap = |a: &Tensor, b: &Tensor| {
+                let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+                (&a - &b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]))
+            };
+            assert!(gap(&x32, &x64) < 1e-5, "{:?} {mode:?}: X_N", method.form);
+            assert!(gap(&r32, &r64) < 1e-5, "{:?} {mode:?}: R", method.form);
+            assert_eq!(d32.len(), steps);
+            for (k, (a, b)) in d32.iter().zip(&d64).enumerate() {
+                let e = gap(a, b);
+                assert!(
+                    e < 1e-4,
+                    "{:?} {mode:?}: δ at step {k} differs by {e}",
+                    method.form
+                );
+            }
+        }
     }
 }
