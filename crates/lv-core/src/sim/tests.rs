@@ -175,6 +175,30 @@ fn pis_reference_terminal_law_is_n_0_sigma2_t() {
     }
 }
 
+/// [`super::simulate_with_noise`] on the method's grid without a graph, with `x0` and the
+/// increments `noise` converted to `kind`.
+fn with_noise(
+    method: &Method,
+    target: &dyn crate::Target,
+    u: &dyn crate::Control,
+    x0: &Tensor,
+    noise: &Tensor,
+    kind: Kind,
+    opts: SimOptions,
+) -> super::SimOutput {
+    tch::no_grad(|| {
+        super::simulate_with_noise(
+            method,
+            &method.grid,
+            target,
+            Controls::new(u),
+            &x0.to_kind(kind),
+            opts,
+            Some(&noise.to_kind(kind)),
+        )
+    })
+}
+
 /// The fused host step of an evaluation (CPU float32, no inference control) gives the tensor
 /// code's X_N and R: the same simulation in float64 (tensor path) from the same prior
 /// draws and noise, for every step kernel (PIS and DIS Euler forms, DDS's exponential
@@ -201,22 +225,11 @@ fn fused_eval_step_matches_tensor_path() {
         let x0 = method.prior.sample(n, d as i64, tch::Device::Cpu);
         let noise = Tensor::randn([steps as i64, n, d as i64], (Kind::Float, tch::Device::Cpu));
         for mode in [Mode::EvalIto, Mode::EvalNoIto] {
-            let run = |kind: Kind| {
-                tch::no_grad(|| {
-                    super::simulate_with_noise(
-                        method,
-                        &method.grid,
-                        &target,
-                        Controls::new(&u),
-                        &x0.to_kind(kind),
-                        SimOptions {
-                            fused_eval: true,
-                            ..SimOptions::new(mode)
-                        },
-                        Some(&noise.to_kind(kind)),
-                    )
-                })
+            let opts = SimOptions {
+                fused_eval: true,
+                ..SimOptions::new(mode)
             };
+            let run = |kind: Kind| with_noise(method, &target, &u, &x0, &noise, kind, opts);
             let before = super::fused::FUSED_WU_STEPS.with(|c| c.get());
             let fused = run(Kind::Float);
             let taken = super::fused::FUSED_WU_STEPS.with(|c| c.get()) - before;
@@ -242,21 +255,11 @@ fn fused_eval_step_matches_tensor_path() {
         }
         // The Itô term is in the fused R: the two modes differ.
         let r = |mode| {
-            tch::no_grad(|| {
-                super::simulate_with_noise(
-                    method,
-                    &method.grid,
-                    &target,
-                    Controls::new(&u),
-                    &x0,
-                    SimOptions {
-                        fused_eval: true,
-                        ..SimOptions::new(mode)
-                    },
-                    Some(&noise),
-                )
-                .rnd
-            })
+            let opts = SimOptions {
+                fused_eval: true,
+                ..SimOptions::new(mode)
+            };
+            with_noise(method, &target, &u, &x0, &noise, Kind::Float, opts).rnd
         };
         let ito = (r(Mode::EvalIto) - r(Mode::EvalNoIto)).abs().max();
         assert!(
@@ -322,20 +325,11 @@ fn fused_adjoint_steps_match_tensor_path() {
                     deltas: Default::default(),
                 };
                 let before = super::fused::FUSED_WU_STEPS.with(|c| c.get());
-                let out = tch::no_grad(|| {
-                    super::simulate_with_noise(
-                        method,
-                        &method.grid,
-                        &target,
-                        Controls::new(&c),
-                        &x0.to_kind(kind),
-                        SimOptions {
-                            adjoint: true,
-                            ..SimOptions::new(mode)
-                        },
-                        Some(&noise.to_kind(kind)),
-                    )
-                });
+                let opts = SimOptions {
+                    adjoint: true,
+                    ..SimOptions::new(mode)
+                };
+                let out = with_noise(method, &target, &c, &x0, &noise, kind, opts);
                 let mut fused = super::fused::FUSED_WU_STEPS.with(|c| c.get()) - before;
                 let rec = out.adjoint.expect("adjoint recording");
                 let before = super::adjoint::fused::STEPS.with(|c| c.get());
