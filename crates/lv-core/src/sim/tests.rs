@@ -175,6 +175,23 @@ fn pis_reference_terminal_law_is_n_0_sigma2_t() {
     }
 }
 
+/// One method per step kernel: PIS and DIS (the Euler forms), DDS (the exponential
+/// integrator) and RSMC's ou_dds (its OU kernel).
+fn every_step_kernel(steps: usize) -> [Method; 4] {
+    [
+        Method::pis(steps).unwrap(),
+        Method::dis(steps).unwrap(),
+        Method::dds(steps).unwrap(),
+        Method::ou_dds(steps, 1.5, 6.0).unwrap(),
+    ]
+}
+
+/// max|a − b| / (1 + max|b|), in float64.
+fn rel_gap(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]))
+}
+
 /// [`super::simulate_with_noise`] on the method's grid without a graph, with `x0` and the
 /// increments `noise` converted to `kind`.
 fn with_noise(
@@ -214,13 +231,7 @@ fn fused_eval_step_matches_tensor_path() {
         log_z: 0.0,
     };
     let u = FnControl(u_fn);
-    let methods = [
-        Method::pis(steps).unwrap(),
-        Method::dis(steps).unwrap(),
-        Method::dds(steps).unwrap(),
-        Method::ou_dds(steps, 1.5, 6.0).unwrap(),
-    ];
-    for method in &methods {
+    for method in &every_step_kernel(steps) {
         tch::manual_seed(3);
         let x0 = method.prior.sample(n, d as i64, tch::Device::Cpu);
         let noise = Tensor::randn([steps as i64, n, d as i64], (Kind::Float, tch::Device::Cpu));
@@ -239,13 +250,9 @@ fn fused_eval_step_matches_tensor_path() {
                 method.form
             );
             let tensor = run(Kind::Double);
-            let gap = |a: &Tensor, b: &Tensor| {
-                let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-                (&a - &b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]))
-            };
             let (gx, gr) = (
-                gap(&fused.x_final, &tensor.x_final),
-                gap(&fused.rnd, &tensor.rnd),
+                rel_gap(&fused.x_final, &tensor.x_final),
+                rel_gap(&fused.rnd, &tensor.rnd),
             );
             assert!(
                 gx < 1e-5 && gr < 1e-5,
@@ -307,13 +314,7 @@ fn fused_adjoint_steps_match_tensor_path() {
         std: 1.2,
         log_z: 0.0,
     };
-    let methods = [
-        Method::pis(steps).unwrap(),
-        Method::dis(steps).unwrap(),
-        Method::dds(steps).unwrap(),
-        Method::ou_dds(steps, 1.5, 6.0).unwrap(),
-    ];
-    for method in &methods {
+    for method in &every_step_kernel(steps) {
         tch::manual_seed(5);
         let x0 = method.prior.sample(n, d as i64, tch::Device::Cpu);
         let noise = Tensor::randn([steps as i64, n, d as i64], (Kind::Float, tch::Device::Cpu));
@@ -347,15 +348,15 @@ fn fused_adjoint_steps_match_tensor_path() {
                 "{:?} {mode:?}",
                 method.form
             );
-            let gap = |a: &Tensor, b: &Tensor| {
-                let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-                (&a - &b).abs().max().double_value(&[]) / (1.0 + b.abs().max().double_value(&[]))
-            };
-            assert!(gap(&x32, &x64) < 1e-5, "{:?} {mode:?}: X_N", method.form);
-            assert!(gap(&r32, &r64) < 1e-5, "{:?} {mode:?}: R", method.form);
+            assert!(
+                rel_gap(&x32, &x64) < 1e-5,
+                "{:?} {mode:?}: X_N",
+                method.form
+            );
+            assert!(rel_gap(&r32, &r64) < 1e-5, "{:?} {mode:?}: R", method.form);
             assert_eq!(d32.len(), steps);
             for (k, (a, b)) in d32.iter().zip(&d64).enumerate() {
-                let e = gap(a, b);
+                let e = rel_gap(a, b);
                 assert!(
                     e < 1e-4,
                     "{:?} {mode:?}: δ at step {k} differs by {e}",
