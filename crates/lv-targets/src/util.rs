@@ -189,15 +189,7 @@ pub(crate) fn scratch<'a>(
 /// (each a pass over `[n, K]` or `[n, d]` plus allocation) of the tensor expression, which
 /// dominated the per-step cost of small targets at B = 2048 (docs/performance.md).
 pub(crate) fn native_rows(x: &Tensor, f: impl Fn(&[f32], &mut [f32])) -> Option<Tensor> {
-    let (n, d) = host_batch_shape(x)?;
-    let xs = host_copy(x, n * d);
-    let mut out = vec![0f32; n * d];
-    if d > 0 {
-        for (xr, or) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            f(xr, or);
-        }
-    }
-    Some(Tensor::from_slice(&out).view([n as i64, d as i64]))
+    native_row_blocks::<1>(x, f)
 }
 
 /// [`native_rows`] over blocks of `R` rows: `f(x_block, out_block)` gets `R·d` inputs and
@@ -210,10 +202,8 @@ pub(crate) fn native_row_blocks<const R: usize>(
 ) -> Option<Tensor> {
     let (n, d) = host_batch_shape(x)?;
     let padded = n.div_ceil(R) * R;
-    let mut xs = vec![0f32; padded * d];
-    if n * d > 0 {
-        x.contiguous().view([-1]).copy_data(&mut xs[..n * d], n * d);
-    }
+    let mut xs = host_copy(x, n * d);
+    xs.resize(padded * d, 0.0);
     let mut out = vec![0f32; padded * d];
     if d > 0 {
         for (xb, ob) in xs.chunks_exact(R * d).zip(out.chunks_exact_mut(R * d)) {

@@ -65,39 +65,36 @@ impl AdjointRecord {
             for st in self.steps.into_iter().rev() {
                 let (decay, gain) = st.kernel.state_derivatives();
                 let rs = st.kernel.ref_scale();
-                if host && [&st.x, &st.u, &st.ito_noise].iter().all(|t| host_f32(t)) {
-                    // The same recursion in two host passes around the control's backward.
-                    let (delta, gc) = fused::delta(&st, self.ito, &g, &a);
-                    let vjp = control
-                        .tape_vjp(&delta)
-                        .expect("adjoint: one taped control evaluation per step");
-                    let mut next = fused::next(decay, rs, &a, &vjp.x, &gc);
-                    if hvp {
-                        if let Some(ds) = &vjp.score {
-                            next += score_vjp(target, &st.x, ds);
-                        }
-                    }
-                    a = next;
-                    continue;
-                }
-                let diff = if rs != 0.0 {
-                    &st.u - &st.x * rs
+                // On CPU float32 the same recursion runs in two host passes around the
+                // control's backward.
+                let fused = host && [&st.x, &st.u, &st.ito_noise].iter().all(|t| host_f32(t));
+                let (delta, gc) = if fused {
+                    fused::delta(&st, self.ito, &g, &a)
                 } else {
-                    st.u.shallow_clone()
+                    let diff = if rs != 0.0 {
+                        &st.u - &st.x * rs
+                    } else {
+                        st.u.shallow_clone()
+                    };
+                    let mut c = diff * st.kernel.quad();
+                    if self.ito {
+                        c += &st.ito_noise * st.kernel.ito_scale();
+                    }
+                    let gc = c * &g;
+                    (&gc + &a * gain, gc)
                 };
-                let mut c = diff * st.kernel.quad();
-                if self.ito {
-                    c += &st.ito_noise * st.kernel.ito_scale();
-                }
-                let gc = c * &g;
-                let delta = &gc + &a * gain;
                 let vjp = control
                     .tape_vjp(&delta)
                     .expect("adjoint: one taped control evaluation per step");
-                let mut next = &a * decay + vjp.x;
-                if rs != 0.0 {
-                    next -= &gc * rs;
-                }
+                let mut next = if fused {
+                    fused::next(decay, rs, &a, &vjp.x, &gc)
+                } else {
+                    let mut next = &a * decay + vjp.x;
+                    if rs != 0.0 {
+                        next -= &gc * rs;
+                    }
+                    next
+                };
                 if hvp {
                     if let Some(ds) = &vjp.score {
                         next += score_vjp(target, &st.x, ds);
@@ -150,20 +147,8 @@ fn host_f32(t: &Tensor) -> bool {
 /// code's products and sums).
 pub(super) mod fused {
     use super::AdjointStep;
+    use crate::sim::fused::{host, host_mut};
     use tch::{Kind, Tensor};
-
-    fn slice(t: &Tensor) -> &[f32] {
-        assert!(t.is_contiguous() && t.kind() == Kind::Float);
-        // SAFETY: contiguous CPU float32 storage of `numel` elements, alive while `t` is.
-        unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn slice_mut(t: &Tensor) -> &mut [f32] {
-        assert!(t.is_contiguous() && t.kind() == Kind::Float);
-        // SAFETY: as above; `t` is a tensor allocated here, with no other view.
-        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
-    }
 
     /// (δ_k, g c_k) with c_k = q_k(u_k − rs·X_k) [+ s_k ξ̃_k] and δ_k = g c_k + e_k a_{k+1}.
     pub(super) fn delta(st: &AdjointStep, ito: bool, g: &Tensor, a: &Tensor) -> (Tensor, Tensor) {
@@ -175,7 +160,7 @@ pub(super) mod fused {
             st.ito_noise.contiguous(),
         );
         let (g, a) = (g.contiguous(), a.contiguous());
-        let (xs, us, xis, gs, as_) = (slice(&x), slice(&u), slice(&xi), slice(&g), slice(&a));
+        let (xs, us, xis, gs, as_) = (host(&x), host(&u), host(&xi), host(&g), host(&a));
         let n = gs.len();
         let d = us.len() / n.max(1);
         let f = |v: f64| v as f32;
@@ -184,7 +169,7 @@ pub(super) mod fused {
         let ito_scale = f(st.kernel.ito_scale());
         let delta = Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu));
         let gc = Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu));
-        let (ds, gcs) = (slice_mut(&delta), slice_mut(&gc));
+        let (ds, gcs) = (host_mut(&delta), host_mut(&gc));
         for (i, &gi) in gs.iter().enumerate() {
             for j in i * d..(i + 1) * d {
                 let diff = if rs != 0.0 { us[j] - xs[j] * rs } else { us[j] };
@@ -209,10 +194,10 @@ pub(super) mod fused {
     /// a_k = d_k a_{k+1} + J_uᵀδ_k − rs·g c_k (the H·∂L/∂score term is added by the caller).
     pub(super) fn next(decay: f64, rs: f64, a: &Tensor, jx: &Tensor, gc: &Tensor) -> Tensor {
         let (a, jx) = (a.contiguous(), jx.contiguous());
-        let (as_, js, gcs) = (slice(&a), slice(&jx), slice(gc));
+        let (as_, js, gcs) = (host(&a), host(&jx), host(gc));
         let (decay, rs) = (decay as f32, rs as f32);
         let out = Tensor::empty(a.size(), (Kind::Float, tch::Device::Cpu));
-        let os = slice_mut(&out);
+        let os = host_mut(&out);
         for (((o, &av), &jv), &gv) in os.iter_mut().zip(as_).zip(js).zip(gcs) {
             let v = av * decay + jv;
             *o = if rs != 0.0 { v - gv * rs } else { v };

@@ -1,13 +1,14 @@
 //! The fused host updates on CPU float32: one pass over the rows per step computes X_{k+1}
 //! and the step's R terms from the step's [`StepKernel`], with ∂R/∂u_k for the
-//! kept-controls LV path ([`fused_lv_update`]), or for a step with w = u ([`fused_wu_update`]: evaluations, the adjoint KL path's
-//! forward).
+//! kept-controls LV path ([`fused_lv_update`]), or for a step with w = u
+//! ([`fused_wu_update`]: evaluations, the adjoint KL path's forward). [`host`] and
+//! [`host_mut`] are the host views these passes (and the adjoint's backward) work on.
 
 use super::kernel::StepKernel;
 use tch::{Kind, Tensor};
 
 /// Read-only host view of a contiguous CPU float32 tensor.
-fn host(t: &Tensor) -> &[f32] {
+pub(super) fn host(t: &Tensor) -> &[f32] {
     assert!(
         t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous(),
         "host view needs a contiguous CPU float32 tensor"
@@ -19,7 +20,7 @@ fn host(t: &Tensor) -> &[f32] {
 /// Mutable host view of a contiguous CPU float32 tensor. The caller must hold no other view
 /// of the same storage while writing.
 #[allow(clippy::mut_from_ref)]
-fn host_mut(t: &Tensor) -> &mut [f32] {
+pub(super) fn host_mut(t: &Tensor) -> &mut [f32] {
     assert!(
         t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous(),
         "host view needs a contiguous CPU float32 tensor"

@@ -84,8 +84,7 @@ pub fn simulate_with_noise(
         zc.is_none() && !opts.record && x0.device() == tch::Device::Cpu && x0.kind() == Kind::Float;
     let fused = keep && host_batch;
     // Evaluations without an inference control update X and R in one host pass per step too.
-    let fused_eval =
-        opts.fused_eval && mode.eval() && host_batch && controls.v.is_none() && lam == 1.0;
+    let fused_eval = opts.fused_eval && mode.eval() && host_batch && controls.v.is_none();
     // So does the adjoint KL path's forward (no inference control or subspace, asserted).
     let fused_adjoint = adjoint && host_batch;
     let n = x0.size()[0];
