@@ -90,3 +90,33 @@ fn paper_kl_rows_repeat_initial_points() {
     }
     assert_eq!(kl_rows, 16);
 }
+
+/// Sendera et al.'s VarGrad rows explore as gfn-diffusion does at every preset: an extra
+/// per-step std of 0.2 on the step's σ²Δt, decaying in std (λ₀ = √(1 + 0.04/(σ²Δt))), so
+/// λ₀² = 5 on ManyWell (σ² = 1) and 1.8 on 25GMM (σ² = 5) with Δt = 0.01.
+#[test]
+fn vargrad_rows_explore_with_gfn_diffusions_extra_std() {
+    use lv_core::train::{Exploration, ExploreDecay};
+    for name in ["quick", "cpu", "paper"] {
+        let p = preset(name);
+        for (target, lambda_sq) in [("manywell32", 5.0), ("gmm25", 1.8)] {
+            let row = format!("pis-vargrad-{target}");
+            let c = p.resolve(&row, &["device=\"cpu\"".into()]).unwrap();
+            let t = &c.train;
+            assert_eq!(t.explore_decay, ExploreDecay::ExtraStd, "{name} {row}");
+            let (sigma, t_end) = (c.sde.sigma.unwrap(), c.sde.t_end.unwrap());
+            let dt = t_end / c.sde.steps as f64;
+            assert!((dt - 0.01).abs() < 1e-15, "{name} {row}: Δt {dt}");
+            let want = Exploration::gfn_scale(0.2, sigma, dt);
+            assert!(
+                (t.explore_scale - want).abs() < 1e-12 && (want * want - lambda_sq).abs() < 1e-9,
+                "{name} {row}: λ₀ {} vs {want}",
+                t.explore_scale
+            );
+            assert!(
+                t.explore_steps > 0 && 2 * t.explore_steps == t.steps,
+                "{name} {row}: decays over half of training"
+            );
+        }
+    }
+}

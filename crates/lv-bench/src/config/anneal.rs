@@ -181,8 +181,7 @@ impl AnnealConfig {
             max_loss: train.max_loss,
             resampling,
             mcmc,
-            explore_scale: train.explore_scale,
-            explore_steps: train.explore_steps,
+            exploration: train.exploration(),
         };
         Ok(AnnealParts {
             sampler,

@@ -84,7 +84,15 @@ pub(super) fn render_markdown(
         seen.push(j.key.clone());
         let c = crate::preset::Preset::load(&j.config)?.resolve(&j.key, &[])?;
         let explore = if c.train.explore_scale > 1.0 {
-            format!("{} ({})", c.train.explore_scale, c.train.explore_steps)
+            let decay = match c.train.explore_decay {
+                lv_core::train::ExploreDecay::Scale => "",
+                lv_core::train::ExploreDecay::ExtraStd => ", extra std decays",
+            };
+            format!(
+                "{} ({}{decay})",
+                (c.train.explore_scale * 1e4).round() / 1e4,
+                c.train.explore_steps
+            )
         } else {
             "none".into()
         };

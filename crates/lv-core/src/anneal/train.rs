@@ -25,7 +25,7 @@ use crate::estimate::Evaluation;
 use crate::loss::{batch_loss, LossKind};
 use crate::optim::{clip_grad_norm, grad_norm, schedule_factor, Adam, LrMilestones, ParamGroup};
 use crate::target::Target;
-use crate::train::{Counters, Hooks, StepStats};
+use crate::train::{Counters, Exploration, Hooks, StepStats};
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -53,10 +53,8 @@ pub struct AnnealedSettings {
     pub resampling: Option<Resampling>,
     /// MCMC refresh of the training rollout after each piece.
     pub mcmc: Option<Mcmc>,
-    /// Exploration: behaviour noise λ decaying linearly from `explore_scale` to 1 over
-    /// `explore_steps` (LV family only).
-    pub explore_scale: f64,
-    pub explore_steps: usize,
+    /// Exploration: behaviour noise λ ≥ 1 returning to 1 (LV family only).
+    pub exploration: Exploration,
 }
 
 impl Default for AnnealedSettings {
@@ -73,8 +71,7 @@ impl Default for AnnealedSettings {
             max_loss: Some(1e7),
             resampling: None,
             mcmc: None,
-            explore_scale: 1.0,
-            explore_steps: 0,
+            exploration: Exploration::default(),
         }
     }
 }
@@ -131,7 +128,7 @@ impl<'a> AnnealedTrainer<'a> {
                          (CMCD-KL); use an LV loss for SCLD"
                     );
                 }
-                if settings.explore_scale > 1.0 {
+                if settings.exploration.scale > 1.0 {
                     bail!("exploration (behaviour noise > 1) is only valid for LV losses");
                 }
             }
@@ -155,10 +152,10 @@ impl<'a> AnnealedTrainer<'a> {
                 settings.batch
             );
         }
-        if !(settings.explore_scale.is_finite() && settings.explore_scale >= 1.0) {
+        if !(settings.exploration.scale.is_finite() && settings.exploration.scale >= 1.0) {
             bail!(
                 "the exploration scale must be ≥ 1 (got {})",
-                settings.explore_scale
+                settings.exploration.scale
             );
         }
         let groups = vec![
@@ -191,12 +188,7 @@ impl<'a> AnnealedTrainer<'a> {
 
     /// The current behaviour noise scale λ.
     pub fn noise_scale(&self) -> f64 {
-        let s = &self.settings;
-        if s.explore_scale <= 1.0 || s.explore_steps == 0 {
-            return 1.0;
-        }
-        let frac = (self.counters.step as f64 / s.explore_steps as f64).min(1.0);
-        s.explore_scale + (1.0 - s.explore_scale) * frac
+        self.settings.exploration.noise_scale(self.counters.step)
     }
 
     fn path(&self) -> GeometricPath {

@@ -23,10 +23,12 @@ use crate::target::Target;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+mod explore;
 mod paths;
 mod settings;
 mod shard;
 
+pub use explore::{Exploration, ExploreDecay};
 pub use settings::{DivModeSetting, TrainSettings, MIN_SHARD_ROWS};
 
 /// Statistics of one step (host values; reading them syncs, so the trainer only fills the
@@ -156,14 +158,13 @@ impl<'a> Trainer<'a> {
         Ok(self)
     }
 
-    /// Current behaviour noise scale λ (linear decay to 1 over `explore_steps`).
+    /// Current behaviour noise scale λ ([`Exploration::noise_scale`]; 1 outside the LV
+    /// family).
     pub fn noise_scale(&self) -> f64 {
-        let s = &self.settings;
-        if !self.loss.detached() || s.explore_scale <= 1.0 || s.explore_steps == 0 {
+        if !self.loss.detached() {
             return 1.0;
         }
-        let frac = (self.counters.step as f64 / s.explore_steps as f64).min(1.0);
-        s.explore_scale + (1.0 - s.explore_scale) * frac
+        self.settings.exploration().noise_scale(self.counters.step)
     }
 
     /// Number of clip milestones reached (counted in successful steps).

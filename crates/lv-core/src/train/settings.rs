@@ -1,5 +1,6 @@
 //! Settings of the training loop ([`TrainSettings`]) and their checks.
 
+use super::explore::{Exploration, ExploreDecay};
 use serde::{Deserialize, Serialize};
 
 /// Fewest rows per shard when [`TrainSettings::batch_shards`] is 0 (auto).
@@ -96,10 +97,13 @@ pub struct TrainSettings {
     /// (docs/performance.md), because most of a step is many small operations that
     /// libtorch runs on one thread.
     pub batch_shards: usize,
-    /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); decays
-    /// linearly to 1 over the first `explore_steps` steps.
+    /// Off-policy behaviour noise scale λ(0) for the LV family (1 = on-policy); returns to
+    /// 1 over the first `explore_steps` steps as `explore_decay` says ([`Exploration`]).
     pub explore_scale: f64,
     pub explore_steps: usize,
+    /// Serialised only when not the default (so configs without it keep their hashes).
+    #[serde(skip_serializing_if = "ExploreDecay::is_default")]
+    pub explore_decay: ExploreDecay,
     pub div: DivModeSetting,
     /// Sub-trajectory LV training (spec §5.5): needs a potential control
     /// ([`Trainer::with_potential`]) and DIS.
@@ -107,6 +111,15 @@ pub struct TrainSettings {
 }
 
 impl TrainSettings {
+    /// The exploration schedule of these settings.
+    pub fn exploration(&self) -> Exploration {
+        Exploration {
+            scale: self.explore_scale,
+            steps: self.explore_steps,
+            decay: self.explore_decay,
+        }
+    }
+
     /// The factor of the controls' clip values after `successful` optimizer steps:
     /// `clip_factor` to the power of the milestones reached (`successful ≥ m`).
     pub fn clip_factor_after(&self, successful: usize) -> f64 {
@@ -222,6 +235,7 @@ impl Default for TrainSettings {
             batch_shards: 0,
             explore_scale: 1.0,
             explore_steps: 0,
+            explore_decay: ExploreDecay::Scale,
             div: DivModeSetting::Exact,
             subtraj: None,
         }
