@@ -453,10 +453,15 @@ fn direct_lv_with_native_trunk_matches_autograd() {
             for rows in [4, 0] {
                 let reference = run(false, rows);
                 let native = run(true, rows);
+                // The replay sums the batch in another order than the direct paths: on the
+                // scalar output bias of PIS's time network (LvTraj) the two autograd paths
+                // themselves differ by 6.7e-5 relative in float32 (AMD EPYC, AVX2), while
+                // the native and the autograd direct path agree to 2.3e-6 there.
+                let tol = if rows == 0 { 2e-4 } else { 5e-5 };
                 assert_grads_close(
                     &reference,
                     &native,
-                    5e-5,
+                    tol,
                     &format!("{} {loss:?} rows {rows}", if pis { "PIS" } else { "DIS" }),
                 );
             }
@@ -745,3 +750,4 @@ fn forks_share_values_not_gradients() {
         .eval(0.3, &x, Some(&s))
         .equal(&fork.eval(0.3, &x, Some(&s))));
 }
+
