@@ -750,4 +750,3 @@ fn forks_share_values_not_gradients() {
         .eval(0.3, &x, Some(&s))
         .equal(&fork.eval(0.3, &x, Some(&s))));
 }
-
