@@ -455,7 +455,7 @@ fn direct_lv_with_native_trunk_matches_autograd() {
                 let native = run(true, rows);
                 // The replay sums the batch in another order than the direct paths: on the
                 // scalar output bias of PIS's time network (LvTraj) the two autograd paths
-                // themselves differ by 6.7e-5 relative in float32 (AMD EPYC, AVX2), while
+                // themselves differ by 6.7e-5 relative in float32 (on an AMD EPYC VM), while
                 // the native and the autograd direct path agree to 2.3e-6 there.
                 let tol = if rows == 0 { 2e-4 } else { 5e-5 };
                 assert_grads_close(
